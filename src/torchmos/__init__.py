@@ -1,0 +1,15 @@
+"""torchmos: learned speech-quality predictors (MOS estimators) for the PyTorch audio ecosystem.
+
+>>> from torchmos import DistillMOS
+>>> DistillMOS.higher_is_better
+True
+"""
+
+from . import audio, functional, hub, models
+from .audio import AudioError
+from .hub import HubError
+from .metrics import DistillMOS, MOSMetric
+
+__version__ = "0.1.0"
+
+__all__ = ["AudioError", "DistillMOS", "HubError", "MOSMetric", "audio", "functional", "hub", "models"]

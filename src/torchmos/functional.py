@@ -1,0 +1,67 @@
+"""Stateless twins of the torchmos metrics: one score per clip, shape (B,).
+
+Models are loaded once per (model, checkpoint, options, device) and cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import audio, hub, models
+
+__all__ = ["distillmos", "get_model", "score"]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(name: str, checkpoint: str | None, sha256: str | None, device: str,
+            options: tuple[tuple[str, Any], ...]) -> nn.Module:
+    return models.load(name, checkpoint=checkpoint, sha256=sha256, **dict(options)).to(device)
+
+
+def get_model(name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
+              device: str | torch.device = "cpu", **options: Any) -> nn.Module:
+    """The cached predictor ``name`` on ``device`` (loaded on first use)."""
+    ckpt = os.fspath(checkpoint) if checkpoint is not None else None
+    return _cached(name, ckpt, sha256, str(torch.device(device)), tuple(sorted(options.items())))
+
+
+def device_of(preds: Any) -> torch.device:
+    if isinstance(preds, torch.Tensor):
+        return preds.device
+    if isinstance(preds, (list, tuple)) and preds and isinstance(preds[0], torch.Tensor):
+        return preds[0].device
+    return torch.device("cpu")
+
+
+def score(model: nn.Module, card: hub.ModelCard, preds: Any, fs: int, lengths: Any = None,
+          names: Sequence[str] | None = None) -> torch.Tensor:
+    """The shared core: check and resample ``preds`` for ``card``, score with ``model``."""
+    clips = audio.prepare(preds, fs, card.sample_rate, lengths, min_seconds=card.min_seconds, names=names)
+    return model(clips)
+
+
+def distillmos(preds: Any, fs: int = 16000, lengths: Any = None, checkpoint: str | os.PathLike | None = None,
+               precision: str = "fp32", device: str | torch.device | None = None) -> torch.Tensor:
+    """DistillMOS of each clip: a tensor (B,) of MOS in [1, 5].
+
+    Args:
+        preds: (T,), (B, T) (with ``lengths`` if padded), or a list of 1-D clips.
+        fs: their sample rate; anything other than 16 kHz is resampled.
+        lengths: valid samples per row of a padded (B, T) tensor.
+        checkpoint: a local weight file instead of the official one.
+        precision: "fp32" (faithful) or "bf16" (faster on CPUs with bf16; see docs).
+        device: where to run (default: the device of ``preds``).
+
+    >>> import torch, torchmos.functional as F
+    >>> F.distillmos([torch.randn(16000) * 0.1, torch.randn(8000) * 0.1], fs=16000).shape
+    torch.Size([2])
+    """
+    dev = torch.device(device) if device is not None else device_of(preds)
+    model = get_model("distillmos", checkpoint, device=dev, precision=precision)
+    return score(model, hub.get_card("distillmos"), preds, fs, lengths)

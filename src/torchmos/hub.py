@@ -1,0 +1,455 @@
+"""Where weights come from: model cards and the one resolver.
+
+A :class:`ModelCard` carries a predictor's weights *and* the facts a caller must not get
+wrong (native sample rate, mode, score range, licence, citation), in the spirit of
+torchaudio's pipeline bundles. :func:`resolve` finds a card's weight file, in this order:
+
+1. an explicit ``checkpoint=`` path given by the user;
+2. the cache, ``$TORCHMOS_HOME`` (default ``~/.cache/torchmos``) ``/<card>/<file>``;
+3. a file shipped inside an installed Python distribution (located through its metadata,
+   never imported), e.g. ``distillmos/weights/distill_mos_v7.pt``;
+4. a download from the card's URLs into the cache, unless ``TORCHMOS_OFFLINE=1``.
+
+Downloads stream into a temporary file beside the target, are checked against the card's
+sha256 and renamed atomically, all under a file lock, so eight DDP ranks starting together
+download once. Files whose authors publish no checksum are trusted on first use: the
+sha256 of the first complete download is recorded beside the file (``<file>.sha256``) and
+checked on every later load; a user can pin one with ``sha256=``.
+
+Nothing else in torchmos touches the network or the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import importlib.metadata
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+import torch
+
+__all__ = [
+    "CARDS",
+    "HubError",
+    "ModelCard",
+    "WeightFile",
+    "cache_dir",
+    "get_card",
+    "list_cards",
+    "load_checkpoint",
+    "local_status",
+    "register",
+    "resolve",
+    "sha256sum",
+]
+
+
+class HubError(RuntimeError):
+    """Weights could not be found, downloaded or verified. The message says what to do."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file: where it can come from and how to check it."""
+
+    filename: str
+    urls: tuple[str, ...] = ()
+    sha256: str | None = None  # None: no published checksum; trust on first use
+    size: int | None = None
+    package: tuple[str, str] | None = None  # (distribution, path inside it)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A predictor: its weights and the facts that go with them."""
+
+    name: str
+    family: str
+    title: str
+    summary: str
+    weights: WeightFile | None
+    sample_rate: int
+    mode: str = "nr"  # "nr" (no reference) or "ref" (needs a reference)
+    domain: str = "natural"
+    higher_is_better: bool = True
+    score_range: tuple[float, float] = (1.0, 5.0)
+    min_seconds: float = 0.1
+    licence: str = ""
+    citation: str = ""
+    homepage: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+CARDS: dict[str, ModelCard] = {}
+
+
+def register(card: ModelCard) -> ModelCard:
+    """Add a card to the registry (a new predictor registers here)."""
+    CARDS[card.name] = card
+    return card
+
+
+def get_card(name: str | ModelCard) -> ModelCard:
+    """The card called ``name``; a clear error lists the known names otherwise."""
+    if isinstance(name, ModelCard):
+        return name
+    try:
+        return CARDS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(CARDS))}") from None
+
+
+def list_cards() -> list[ModelCard]:
+    return [CARDS[k] for k in sorted(CARDS)]
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def cache_dir() -> Path:
+    """``$TORCHMOS_HOME``, default ``~/.cache/torchmos``."""
+    return Path(os.environ.get("TORCHMOS_HOME") or Path.home() / ".cache" / "torchmos")
+
+
+def _offline() -> bool:
+    return os.environ.get("TORCHMOS_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _cache_path(card: ModelCard) -> Path:
+    assert card.weights is not None
+    return cache_dir() / card.name / card.weights.filename
+
+
+def _package_path(wf: WeightFile) -> Path | None:
+    if wf.package is None:
+        return None
+    dist_name, rel = wf.package
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    p = Path(str(dist.locate_file(rel)))
+    return p if p.is_file() else None
+
+
+def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _recorded(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _expected(card: ModelCard, path: Path, pinned: str | None) -> tuple[str | None, str]:
+    """The checksum a file must have, and where that expectation comes from."""
+    if pinned:
+        return pinned.lower(), "the sha256= you pinned"
+    assert card.weights is not None
+    if card.weights.sha256:
+        return card.weights.sha256.lower(), f"model card {card.name!r}"
+    rec = _recorded(path)
+    if rec.is_file():
+        words = rec.read_text().split()
+        if not words or len(words[0]) != 64 or any(c not in "0123456789abcdef" for c in words[0].lower()):
+            raise HubError(
+                f"{rec}: not a sha256 record (expected '<64 hex digits>  <file>'). Delete it and "
+                f"{path}, then run again to download and record a fresh copy."
+            )
+        return words[0].lower(), f"the checksum recorded at first download ({rec})"
+    return None, ""
+
+
+def _verify(card: ModelCard, path: Path, pinned: str | None) -> None:
+    want, why = _expected(card, path, pinned)
+    if want is None:
+        return
+    got = sha256sum(path)
+    if got != want:
+        raise HubError(
+            f"{path}: sha256 {got} does not match {want} from {why}. The file is corrupt or "
+            f"not the expected release: delete it and run again to download a fresh copy"
+            + (", or fix the pinned checksum." if pinned else ".")
+        )
+
+
+# ----------------------------------------------------------------------------- resolver
+
+
+def resolve(
+    card: str | ModelCard,
+    checkpoint: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """Path of a card's weight file, verified; downloads it if needed (see module docs).
+
+    Args:
+        card: a card or its name.
+        checkpoint: an explicit file, used as is (checked against ``sha256`` if given).
+        sha256: a checksum to pin, overriding the card's (or the recorded) one.
+        progress: show a download progress bar (default: when stderr is a terminal).
+    """
+    card = get_card(card)
+    if checkpoint is not None:
+        p = Path(checkpoint).expanduser()
+        if not p.is_file():
+            raise HubError(f"checkpoint {p}: no such file.")
+        if sha256:
+            got = sha256sum(p)
+            if got != sha256.lower():
+                raise HubError(f"checkpoint {p}: sha256 {got} does not match the pinned {sha256}.")
+        return p
+    wf = card.weights
+    if wf is None:
+        raise HubError(
+            f"model {card.name!r} has no released weights; pass checkpoint=<file> "
+            "(for example one trained with `torchmos train`)."
+        )
+    target = _cache_path(card)
+    if target.is_file():
+        _verify(card, target, sha256)
+        return target
+    pkg = _package_path(wf)
+    if pkg is not None:
+        _verify(card, pkg, sha256)
+        return pkg
+    if _offline() or not wf.urls:
+        hint = ""
+        if wf.package:
+            hint = f" or install the Python package {wf.package[0]!r} (it ships the file)"
+        src = f" Download {wf.urls[0]}" if wf.urls else " Obtain the file"
+        check = f" (sha256 {sha256 or wf.sha256})" if (sha256 or wf.sha256) else ""
+        why = "TORCHMOS_OFFLINE is set, so torchmos will not download it." if _offline() else "It has no download URL."
+        raise HubError(
+            f"weights for {card.name!r} are not available locally. {why}{src}{check} and place it at "
+            f"{target}{hint}, or pass checkpoint=<path>."
+        )
+    return _download(card, target, sha256, progress)
+
+
+def _download(card: ModelCard, target: Path, pinned: str | None, progress: bool | None) -> Path:
+    assert card.weights is not None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(target) + ".lock"):
+        if target.is_file():  # another process finished it while we waited
+            _verify(card, target, pinned)
+            return target
+        errors = []
+        for url in card.weights.urls:  # mirrors, in order; a failure moves on to the next
+            try:
+                _fetch(url, card, target, pinned, progress)
+                return target
+            except HubError as e:  # incomplete or wrong checksum: already names the URL
+                errors.append(str(e))
+            except _NETWORK_ERRORS as e:
+                errors.append(f"{url}: {type(e).__name__}: {e}")
+        raise HubError(
+            f"could not download weights for {card.name!r}:\n  " + "\n  ".join(errors) + f"\n"
+            f"Download the file by hand and place it at {target}, or pass checkpoint=<path>."
+        )
+
+
+# What a failed HTTP fetch raises: connection refused/reset and HTTP status errors
+# (URLError, OSError), a server that stops mid-response or speaks no HTTP (HTTPException),
+# a malformed URL or header (ValueError).
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError, ValueError)
+
+
+def _fetch(url: str, card: ModelCard, target: Path, pinned: str | None, progress: bool | None) -> None:
+    assert card.weights is not None
+    want = (pinned or card.weights.sha256 or "").lower() or None
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+    try:
+        h = hashlib.sha256()
+        n = 0
+        with os.fdopen(fd, "wb") as out:  # opened first, so the descriptor is closed on any error
+            req = urllib.request.Request(url, headers={"User-Agent": "torchmos"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"torchmos: {card.name}",
+                           disable=(not progress) if progress is not None else None, leave=False)
+                with bar:
+                    while block := r.read(1 << 20):
+                        out.write(block)
+                        h.update(block)
+                        n += len(block)  # not bar.n: a disabled tqdm bar counts nothing
+                        bar.update(len(block))
+        if total is not None and n != total:
+            raise HubError(f"{url}: download incomplete ({n} of {total} bytes); it was discarded.")
+        got = h.hexdigest()
+        if want is not None and got != want:
+            raise HubError(
+                f"{url}: downloaded file has sha256 {got}, expected {want}; it was discarded. "
+                "The server may be serving a different release."
+            )
+        if not card.weights.sha256:
+            # Trust on first use: record what was verified now, before the file appears, so
+            # no reader ever sees the weights without their record.
+            _write_atomic(_recorded(target), f"{got}  {target.name}\n")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def local_status(card: str | ModelCard) -> str:
+    """Where a card's weights are found locally: 'cache', 'package', or 'missing'."""
+    card = get_card(card)
+    if card.weights is None:
+        return "train your own"
+    if _cache_path(card).is_file():
+        return "cache"
+    if _package_path(card.weights) is not None:
+        return "package"
+    return "missing"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely: safetensors, or ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise HubError(f"{path}: no such file.")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:
+            raise HubError(f"{path}: reading .safetensors needs the 'safetensors' package.") from e
+        try:
+            return dict(load_file(str(path)))
+        except Exception as e:  # SafetensorError and friends name no file
+            raise HubError(f"{path}: not a valid .safetensors file ({type(e).__name__}: {e}).") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors carry little context of their own
+        raise HubError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
+            "torchmos loads only tensors and plain containers, never arbitrary pickled code."
+        ) from e
+    if not isinstance(obj, dict):
+        raise HubError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}.")
+    return obj
+
+
+# ----------------------------------------------------------------------------- cards
+
+_DISTILLMOS_CITATION = (
+    "B. Stahl and H. Gamper, \"Distillation and Pruning for Scalable Self-Supervised "
+    "Representation-Based Speech Quality Assessment,\" ICASSP 2025."
+)
+
+register(
+    ModelCard(
+        name="distillmos",
+        family="distillmos",
+        title="DistillMOS (Microsoft), no-reference MOS, 4.4 M parameters",
+        summary="No-reference MOS of natural speech (noise suppression, codecs, packet loss), "
+        "distilled from an XLS-R teacher. Weak on TTS.",
+        weights=WeightFile(
+            filename="distill_mos_v7.pt",
+            sha256="b18b3ac60227267cfb91e5d00ce22cc7b73716fd92f269484da1446e27031a40",
+            size=16907522,
+            package=("distillmos", "distillmos/weights/distill_mos_v7.pt"),
+        ),
+        sample_rate=16000,
+        mode="nr",
+        domain="natural",
+        higher_is_better=True,
+        score_range=(1.0, 5.0),
+        min_seconds=0.1,
+        licence="MIT (weights and code of the distillmos package)",
+        citation=_DISTILLMOS_CITATION,
+        homepage="https://github.com/microsoft/Distill-MOS",
+    )
+)
+
+_SCOREQ_CITATION = (
+    "A. Ragano, J. Skoglund and A. Hines, \"SCOREQ: Speech Quality Assessment with "
+    "Contrastive Regression,\" NeurIPS 2024."
+)
+_SCOREQ_ZENODO = "https://zenodo.org/records/13860326/files/{}.pt"
+for _mode, _domain, _file, _summary in [
+    ("nr", "natural", "adapt_nr_telephone",
+     "No-reference MOS of natural speech (codecs, VoIP, enhancement); trained on NISQA TRAIN SIM."),
+    ("ref", "natural", "fixed_nmr_telephone",
+     "Distance in [0, 2] to a clean reference (full or non-matching); natural speech. Lower is better."),
+    ("nr", "synthetic", "adapt_nr_synthetic",
+     "No-reference MOS of synthetic speech (TTS, voice conversion); trained on VoiceMOS 2022."),
+    ("ref", "synthetic", "fixed_nmr_synthetic",
+     "Distance in [0, 2] to a clean reference (full or non-matching); synthetic speech. Lower is better."),
+]:
+    register(
+        ModelCard(
+            name=f"scoreq-{_mode}-{_domain}",
+            family="scoreq",
+            title=f"SCOREQ {'no-reference MOS' if _mode == 'nr' else 'reference distance'}, {_domain} speech",
+            summary=_summary,
+            weights=WeightFile(filename=f"{_file}.pt", urls=(_SCOREQ_ZENODO.format(_file),)),
+            sample_rate=16000,
+            mode=_mode,
+            domain=_domain,
+            higher_is_better=_mode == "nr",
+            score_range=(1.0, 5.0) if _mode == "nr" else (0.0, 2.0),
+            min_seconds=0.1,
+            licence="see the authors' Zenodo record 13860326 and repository (alessandroragano/scoreq)",
+            citation=_SCOREQ_CITATION,
+            homepage="https://github.com/alessandroragano/scoreq",
+            options={"mode": _mode},
+        )
+    )
+
+register(
+    ModelCard(
+        name="vqscore",
+        family="vqscore",
+        title="VQScore, self-supervised quality from a VQ-VAE trained on clean speech",
+        summary="Cosine fit of a clean-speech VQ-VAE codebook to the clip's encoding; "
+        "higher is better, roughly in [0, 1]. Trainable on your own clean speech.",
+        weights=WeightFile(
+            filename="checkpoint-dnsmos_ovr_CC=0.835.pkl",
+            urls=(
+                "https://raw.githubusercontent.com/JasonSWFu/VQscore/main/exp/"
+                "QE_cbook_size_2048_1_32_IN_input_encoder_z_Librispeech_clean_github/"
+                "checkpoint-dnsmos_ovr_CC%3D0.835.pkl",
+            ),
+        ),
+        sample_rate=16000,
+        mode="nr",
+        domain="natural",
+        higher_is_better=True,
+        score_range=(0.0, 1.0),
+        min_seconds=0.1,
+        licence="no licence file in the authors' repository (JasonSWFu/VQscore); ask the authors before redistribution",
+        citation="S.-W. Fu, K.-H. Hung, Y. Tsao and Y.-C. F. Wang, \"Self-Supervised Speech Quality "
+        "Estimation and Enhancement Using Only Clean Speech,\" ICLR 2024.",
+        homepage="https://github.com/JasonSWFu/VQscore",
+    )
+)

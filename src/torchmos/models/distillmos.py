@@ -1,0 +1,251 @@
+"""DistillMOS: a 4.4 M-parameter no-reference MOS predictor (SPECS §1).
+
+Power-law compressed complex STFT -> 6-layer 2-D CNN -> NISQA-style transformer with
+attention pooling, applied to 7.68 s crops of 16 kHz audio; the clip's score is the mean
+over its crops. Module and parameter names follow the official checkpoint
+(``distill_mos_v7.pt``) so that it loads strictly.
+
+Unlike the reference, which pads a whole batch to one length, every clip here is cropped
+by its own length, so a score never depends on the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .. import hub
+
+SEQ_LEN = 122880  # 7.68 s at 16 kHz
+MAX_HOP = 16000
+FRAMES = 384
+HOP, WIN = 160, 320
+
+__all__ = ["DistillMOSModel", "crop_starts"]
+
+
+def crop_starts(length: int) -> list[int]:
+    """Start samples of the 7.68 s crops of a clip of ``length`` samples (SPECS §1).
+
+    >>> crop_starts(100), crop_starts(122880), crop_starts(122880 + 16001)
+    ([0], [0], [0, 8000, 16001])
+    """
+    over = length - SEQ_LEN
+    if over <= 0:
+        return [0]
+    k = math.ceil(over / MAX_HOP) + 1
+    # linspace(0, 1, k) in float64, as numpy computes it in the reference
+    return [int(c * over) for c in torch.linspace(0, 1, k, dtype=torch.float64).tolist()]
+
+
+class _ComplexSpecCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        chans = [2, 64, 64, 128, 256, 256, 256]
+        layers: list[nn.Module] = []
+        for i in range(6):
+            stride = (1 if i == 0 else 2, 2 if i == 5 else 1)
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=stride, padding=(0, 1)), nn.LeakyReLU(0.1)]
+        # channels-last: oneDNN's fastest layout on CPU, bit-identical results in fp32
+        self.cnn = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.register_buffer("window", torch.hann_window(WIN), persistent=False)
+
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 122880) waveform -> (N, 2, 161, 768) power-law compressed [Re, Im]."""
+        pad = (WIN - HOP) // 2
+        x = nn.functional.pad(x, (pad, pad), mode="reflect")
+        spec = torch.stft(x, n_fft=WIN, hop_length=HOP, win_length=WIN, window=self.window,
+                          center=False, return_complex=True)
+        re_im = torch.view_as_real(spec)
+        mag = torch.sum(re_im**2, dim=-1, keepdim=True) ** 0.5
+        mag = torch.clip(mag, 1e-12)
+        return (mag**0.3 * re_im / mag).permute(0, 3, 1, 2)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """(N, 2, 161, 768) -> (N, 1024, 384) features (channels-major, then frequency)."""
+        return torch.flatten(self.cnn(spec), 1, -2)
+
+
+class _PositionalEncoding(nn.Module):
+    def __init__(self, d_model: int = 200, seq_len: int = FRAMES) -> None:
+        super().__init__()
+        pos = torch.arange(seq_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(2 * seq_len) / d_model))
+        pe = torch.zeros(1, seq_len, d_model)
+        pe[0, :, 0::2] = torch.sin(pos * div)
+        pe[0, :, 1::2] = torch.cos(pos * div)
+        self.register_buffer("pe", pe)
+
+
+class _Transformer(nn.Module):
+    def __init__(self, dim_in: int = 1024, d_model: int = 200, heads: int = 8, layers: int = 7) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim_in)
+        self.position_encoding = _PositionalEncoding(d_model)
+        self.linear_proj = nn.Linear(dim_in, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=0.0,
+                                           batch_first=True)
+        self.transformer_encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        x = self.linear_proj(x) + self.position_encoding.pe
+        return self.transformer_encoder(x)
+
+
+class _PoolAttFF(nn.Module):
+    def __init__(self, dim: int = 200) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, 2 * dim)
+        self.linear2 = nn.Linear(2 * dim, 1)
+        self.linear3 = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        att = torch.softmax(self.linear2(torch.relu(self.linear1(x))).transpose(1, 2), dim=2)
+        return self.linear3(torch.bmm(att, x).squeeze(1))
+
+
+class _Head(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm_input = nn.BatchNorm1d(1024)
+        self.transformer = _Transformer()
+        self.norm_trans = nn.BatchNorm1d(200)
+        self.pool = _PoolAttFF()
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """(N, 384, 1024) -> (N,) in (0, 1)."""
+        x = self.norm_input(feat.transpose(1, 2)).transpose(1, 2)
+        x = self.transformer(x)
+        x = self.norm_trans(x.transpose(1, 2)).transpose(1, 2)
+        return torch.sigmoid(self.pool(x).squeeze(-1))
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (oneDNN with AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class DistillMOSModel(nn.Module):
+    """DistillMOS network plus its cropping; scores clips of any length independently.
+
+    Args:
+        precision: ``"fp32"`` (default, faithful to the reference to 1e-4) or ``"bf16"``
+            (the CNN in bfloat16, channels-last; STFT and head in fp32). bf16 is opt-in,
+            its error is measured in ``docs/performance.md``; on a CPU without native bf16
+            it falls back to fp32 with a warning.
+        crops_per_batch: how many 7.68 s crops go through the network at once (bounds
+            memory; on CPUs small batches are also the fastest).
+
+    >>> model = DistillMOSModel.from_pretrained()
+    >>> model([torch.randn(16000) * 0.1, torch.randn(48000) * 0.1]).shape
+    torch.Size([2])
+    """
+
+    sample_rate = 16000
+
+    def __init__(self, precision: str = "fp32", crops_per_batch: int = 4) -> None:
+        super().__init__()
+        self.cnn = _ComplexSpecCNN()
+        self.transformer_pool_attn = _Head()
+        self.crops_per_batch = int(crops_per_batch)
+        self.precision = "fp32"
+        self.set_precision(precision)
+        self.eval()
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        sha256: str | None = None,
+        card: str = "distillmos",
+        **kwargs,
+    ) -> DistillMOSModel:
+        """Build the model and load the official weights (or ``checkpoint=``) strictly."""
+        path = hub.resolve(card, checkpoint=checkpoint, sha256=sha256)
+        model = cls(**kwargs)
+        model.load_official(hub.load_checkpoint(path), source=str(path))
+        return model
+
+    def load_official(self, ckpt: dict, source: str = "checkpoint") -> None:
+        """Load ``{"model": state_dict, ...}`` (or a bare state_dict) strictly."""
+        sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+        own = self.state_dict()
+        missing = sorted(set(own) - set(sd))
+        extra = sorted(set(sd) - set(own))
+        if missing or extra:
+            raise ValueError(
+                f"{source}: not a DistillMOS checkpoint: missing keys {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected keys {extra[:5]}"
+                f"{'...' if len(extra) > 5 else ''}."
+            )
+        for k, v in sd.items():
+            if tuple(v.shape) != tuple(own[k].shape):
+                raise ValueError(f"{source}: key {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}.")
+        self.load_state_dict(sd, strict=True)
+
+    def set_precision(self, precision: str) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
+        if precision == "bf16" and not bf16_supported():
+            warnings.warn(
+                "precision='bf16' requested but this CPU has no native bf16 support "
+                "(AVX512-BF16/AMX); falling back to exact fp32.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            precision = "fp32"
+        self.precision = precision
+
+    def train(self, mode: bool = True) -> DistillMOSModel:
+        # Inference module: BatchNorm must use running statistics, always.
+        return super().train(False)
+
+    # -- inference -------------------------------------------------------------------
+
+    def score_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, 122880) crops -> (N,) MOS in [1, 5], each crop peak-normalised."""
+        crops = crops / (crops.abs().amax(dim=1, keepdim=True) + 1e-8)
+        spec = self.cnn.spectrum(crops).contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            with torch.autocast(spec.device.type, dtype=torch.bfloat16):
+                feat = self.cnn(spec).float()
+        else:
+            feat = self.cnn(spec)
+        return 1.0 + 4.0 * self.transformer_pool_attn(feat.transpose(1, 2))
+
+    @torch.no_grad()
+    def forward(self, wavs: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """Score 16 kHz mono clips: a list of 1-D tensors, or one (L,) / (B, L) tensor.
+
+        Returns (B,) MOS; clip b is the mean over its own crops.
+        """
+        if isinstance(wavs, torch.Tensor):
+            wavs = [wavs] if wavs.dim() == 1 else list(wavs.unbind(0))
+        crops, owner = [], []
+        for b, w in enumerate(wavs):
+            w = w.float()
+            if w.shape[0] < SEQ_LEN:
+                w = nn.functional.pad(w, (0, SEQ_LEN - w.shape[0]))
+            for s in crop_starts(w.shape[0]):
+                crops.append(w[s : s + SEQ_LEN])
+                owner.append(b)
+        device = self.cnn.cnn[0].weight.device
+        scores = torch.cat([
+            self.score_crops(torch.stack(crops[i : i + self.crops_per_batch]).to(device))
+            for i in range(0, len(crops), self.crops_per_batch)
+        ])
+        owner_t = torch.tensor(owner, device=device)
+        total = torch.zeros(len(wavs), device=device, dtype=scores.dtype).index_add_(0, owner_t, scores)
+        count = torch.bincount(owner_t, minlength=len(wavs)).to(scores.dtype)
+        return total / count
