@@ -142,8 +142,8 @@ class DistillMOSModel(nn.Module):
             (the CNN in bfloat16, channels-last; STFT and head in fp32). bf16 is opt-in,
             its error is measured in ``docs/performance.md``; on a CPU without native bf16
             it falls back to fp32 with a warning.
-        crops_per_batch: how many 7.68 s crops go through the network at once (bounds
-            memory; on CPUs small batches are also the fastest).
+        crops_per_batch: how many 7.68 s crops go through the network at once. Default:
+            1 on CPU (measured fastest there: see docs/performance.md), 32 on GPU.
 
     >>> model = DistillMOSModel.from_pretrained()
     >>> model([torch.randn(16000) * 0.1, torch.randn(48000) * 0.1]).shape
@@ -152,11 +152,11 @@ class DistillMOSModel(nn.Module):
 
     sample_rate = 16000
 
-    def __init__(self, precision: str = "fp32", crops_per_batch: int = 4) -> None:
+    def __init__(self, precision: str = "fp32", crops_per_batch: int | None = None) -> None:
         super().__init__()
         self.cnn = _ComplexSpecCNN()
         self.transformer_pool_attn = _Head()
-        self.crops_per_batch = int(crops_per_batch)
+        self.crops_per_batch = crops_per_batch
         self.precision = "fp32"
         self.set_precision(precision)
         self.eval()
@@ -241,9 +241,9 @@ class DistillMOSModel(nn.Module):
                 crops.append(w[s : s + SEQ_LEN])
                 owner.append(b)
         device = self.cnn.cnn[0].weight.device
+        step = self.crops_per_batch or (1 if device.type == "cpu" else 32)
         scores = torch.cat([
-            self.score_crops(torch.stack(crops[i : i + self.crops_per_batch]).to(device))
-            for i in range(0, len(crops), self.crops_per_batch)
+            self.score_crops(torch.stack(crops[i : i + step]).to(device)) for i in range(0, len(crops), step)
         ])
         owner_t = torch.tensor(owner, device=device)
         total = torch.zeros(len(wavs), device=device, dtype=scores.dtype).index_add_(0, owner_t, scores)
