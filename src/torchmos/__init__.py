@@ -8,8 +8,18 @@ True
 from . import audio, functional, hub, models
 from .audio import AudioError
 from .hub import HubError
-from .metrics import DistillMOS, MOSMetric
+from .metrics import DistillMOS, MOSMetric, MsrUtmos
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioError", "DistillMOS", "HubError", "MOSMetric", "audio", "functional", "hub", "models"]
+__all__ = [
+    "AudioError",
+    "DistillMOS",
+    "HubError",
+    "MOSMetric",
+    "MsrUtmos",
+    "audio",
+    "functional",
+    "hub",
+    "models",
+]

@@ -33,6 +33,8 @@ from . import __version__, audio, functional, hub, models
 # recipe name -> module exposing add_arguments(parser) and run(args) -> int
 RECIPES: dict[str, str] = {
     "vqscore": "torchmos.training.vqscore",
+    "sfi-distill": "torchmos.training.sfi_distill",
+    "msr-utmos": "torchmos.training.msr_utmos",
 }
 
 FIELDS = ["id", "path", "model", "score", "duration_s", "sample_rate"]
@@ -170,6 +172,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                     scores = model.distance(clips, ref_clips)
                 elif ref_set is not None:
                     scores = model.distance_to_set(clips, ref_set)
+                elif card.sample_rate == 0:  # native-rate model: each clip at its own rate
+                    scores = model(clips, [sr for _, sr in meta])
                 else:
                     scores = model(clips)
             for e, s, (dur, sr) in zip(good, scores.tolist(), meta):
@@ -210,7 +214,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for c in cards:
         better = "higher" if c.higher_is_better else "lower"
-        rows.append((c.name, c.mode, c.domain, f"{c.sample_rate // 1000} kHz",
+        rate = f"{c.sample_rate / 1000:g} kHz" if c.sample_rate else "native"
+        rows.append((c.name, c.mode, c.domain, rate,
                      f"{c.score_range[0]:g}-{c.score_range[1]:g} ({better} better)",
                      hub.local_status(c), c.licence))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]

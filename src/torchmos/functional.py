@@ -15,7 +15,7 @@ from torch import nn
 
 from . import audio, hub, models
 
-__all__ = ["distillmos", "get_model", "score"]
+__all__ = ["distillmos", "get_model", "msr_utmos", "score"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,3 +65,15 @@ def distillmos(preds: Any, fs: int = 16000, lengths: Any = None, checkpoint: str
     dev = torch.device(device) if device is not None else device_of(preds)
     model = get_model("distillmos", checkpoint, device=dev, precision=precision)
     return score(model, hub.get_card("distillmos"), preds, fs, lengths)
+
+
+def msr_utmos(preds: Any, fs: int, lengths: Any = None, checkpoint: str | os.PathLike | None = None,
+              device: str | torch.device | None = None) -> torch.Tensor:
+    """MSR-UTMOS of each clip at its native rate ``fs`` (no resampling): a tensor (B,) of MOS.
+
+    ``checkpoint=`` is required (no released weights: train with ``torchmos train msr-utmos``
+    or convert the authors' Lightning checkpoint). See :class:`torchmos.MsrUtmos`.
+    """
+    from .metrics.msr_utmos import msr_utmos as _impl  # the metric module holds the core
+
+    return _impl(preds, fs, lengths=lengths, checkpoint=checkpoint, device=device)

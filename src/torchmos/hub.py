@@ -75,7 +75,7 @@ class ModelCard:
     title: str
     summary: str
     weights: WeightFile | None
-    sample_rate: int
+    sample_rate: int  # the model's rate; 0: native rate, never resampled (MSR-UTMOS)
     mode: str = "nr"  # "nr" (no reference) or "ref" (needs a reference)
     domain: str = "natural"
     higher_is_better: bool = True
@@ -451,5 +451,36 @@ register(
         citation="S.-W. Fu, K.-H. Hung, Y. Tsao and Y.-C. F. Wang, \"Self-Supervised Speech Quality "
         "Estimation and Enhancement Using Only Clean Speech,\" ICLR 2024.",
         homepage="https://github.com/JasonSWFu/VQscore",
+    )
+)
+
+_MSR_UTMOS_CITATION = (
+    "G. Nishikawa, W. Nakata, Y. Saito, K. Imamura, H. Saruwatari and T. Nakamura, "
+    "\"Multi-Sampling-Frequency Naturalness MOS Prediction Using Self-Supervised Learning Model "
+    "with Sampling-Frequency-Independent Layer,\" AudioMOS Challenge 2025 (ASRU 2025 workshop), "
+    "arXiv:2507.14647. SFI convolution: K. Saito, T. Nakamura, K. Yatabe and H. Saruwatari, "
+    "\"Sampling-Frequency-Independent Convolutional Layer and its Application to Audio Source "
+    "Separation,\" IEEE/ACM TASLP 30, 2022."
+)
+
+register(
+    ModelCard(
+        name="msr-utmos",
+        family="msr-utmos",
+        title="MSR-UTMOS, naturalness MOS at the clip's own sampling frequency (8-48 kHz)",
+        summary="No-reference naturalness MOS (TTS, VC, natural speech) at the native rate, no "
+        "resampling: an SSL model with a sampling-frequency-independent first layer and a UTMOS-style "
+        "head. No released weights: train with `torchmos train sfi-distill` and `torchmos train "
+        "msr-utmos`, or convert the authors' Lightning checkpoint.",
+        weights=None,
+        sample_rate=0,  # native: any rate, never resampled
+        mode="nr",
+        domain="synthetic",
+        higher_is_better=True,
+        score_range=(1.0, 5.0),
+        min_seconds=0.1,
+        licence="MIT (the authors' code, sarulab-speech/msr-utmos); weights: those you train or convert",
+        citation=_MSR_UTMOS_CITATION,
+        homepage="https://github.com/sarulab-speech/msr-utmos",
     )
 )

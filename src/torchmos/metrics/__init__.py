@@ -2,5 +2,6 @@
 
 from .base import MOSMetric
 from .distillmos import DistillMOS
+from .msr_utmos import MsrUtmos
 
-__all__ = ["DistillMOS", "MOSMetric"]
+__all__ = ["DistillMOS", "MOSMetric", "MsrUtmos"]

@@ -20,6 +20,7 @@ FAMILIES: dict[str, str] = {
     "distillmos": "torchmos.models.distillmos:DistillMOSModel",
     "scoreq": "torchmos.models.scoreq:ScoreqModel",
     "vqscore": "torchmos.models.vqscore:VQScoreModel",
+    "msr-utmos": "torchmos.models.msr_utmos:MsrUtmosModel",
 }
 
 

@@ -1,0 +1,584 @@
+"""Sampling-frequency-independent (SFI) 1-D convolution (Saito et al. 2022; Imamura et al. 2024).
+
+An ordinary convolution learns digital kernels, which mean something only at the sample
+rate they were trained at. An SFI convolution learns one **latent analog filter** per
+(input, output) channel pair, a continuous frequency response ``H(omega)``, and generates
+the digital kernel for whatever rate ``Fs`` the input comes at (SPECS §4):
+
+* geometry: ``K = int(K0 * Fs / F0)`` taps and a nominal stride ``S = int(S0 * Fs / F0)``,
+  where ``K0, S0`` are the values at the reference rate ``F0`` (wav2vec 2.0's first conv:
+  ``K0 = 10, S0 = 5`` at 16 kHz). Frames are placed in **continuous time**: frame ``m``
+  covers ``[m S0 / F0, (m S0 + K0) / F0)`` seconds at every rate, so a clip of a given
+  duration gives the same number of frames at 8, 16, 24, 44.1 or 48 kHz. When
+  ``S0 Fs / F0`` is not a whole number of samples (7.5 at 24 kHz) the frame starts fall
+  between samples; the fractional offset is built into the kernel (one kernel per offset,
+  a polyphase convolution), rather than rounding the stride and letting frames drift.
+* frequency-domain design (default; ``design="freq"``): sample ``H`` at
+  ``omega_m = linspace(0, pi Fs, n_freq)`` and solve the real least-squares system
+  ``[cos(-omega d_k); sin(-omega d_k)] w = [Re H; Im H]`` for the tap weights ``w_k``
+  (``d_k``: the delay of tap ``k`` before the frame centre) with a pseudo-inverse; the
+  realised response ``sum_k w_k exp(-j omega d_k)`` then matches ``H`` over ``[0, Fs/2]``
+  as well as ``K`` taps allow, with the same gain at every rate.
+* time-domain design (``design="time"``): sample the analog impulse response,
+  ``w_k = h(d_k) / Fs`` (analytic for the modulated Gaussian; for the neural filter the
+  impulse response of ``H`` band-limited to ``Fs/2``, computed numerically).
+* below the reference rate (``Fs < F0``) the filters whose centre frequency lies above the
+  new Nyquist frequency ``Fs/2`` are masked to zero.
+
+Latent analog filters (``filter=``):
+
+* ``"gauss"``: modulated Gaussian,
+  ``H(w) = exp(-(w - mu)^2 / (2 sigma^2)) e^{j phi} + exp(-(w + mu)^2 / (2 sigma^2)) e^{-j phi}``
+  with learnable ``mu``, ``sigma``, ``phi`` per filter; centres ERB-spaced from 50 Hz to
+  ``F0 / 2`` at initialisation. ``mu`` and ``sigma`` are stored in units of the reference
+  Nyquist frequency ``F0 / 2`` (so that optimisers with ordinary learning rates move them;
+  :attr:`ModulatedGaussian.centre_hz` gives Hertz), ``phi`` in radians.
+* ``"naf"``: neural analog filter, an MLP on random Fourier features of the normalised
+  frequency ``nu = f / (F0 / 2)``: ``[cos(b nu), sin(b nu)] -> Linear -> norm -> ReLU -> ...
+  -> Linear -> (Re H, Im H)`` for all filters at once. ``norm="layer"`` (default) normalises
+  each frequency's features on their own, so ``H`` is a function of ``omega`` alone;
+  ``norm="grid"`` normalises over the whole frequency grid as the authors' implementation
+  does (``GroupNorm(1, C)``), kept to load their checkpoints.
+
+Kernels are generated on every call while gradients can reach the filters (training).
+When they cannot (``torch.no_grad()``, ``inference_mode``, or frozen filters), the kernel
+for a rate is cached, keyed on the parameters' version counters and storage, so an
+optimiser step, ``load_state_dict`` or ``.to()`` invalidates it automatically; the
+design matrices depend on the geometry only and are cached per (rate, device, dtype). Code
+that edits parameters through ``.data`` bypasses version counters: call
+:meth:`SFIConv1d.clear_cache` after it.
+
+>>> layer = SFIConv1d(1, 8, kernel_size=10, stride=5, ref_sample_rate=16000)
+>>> x16, x48 = torch.randn(1, 1, 16000), torch.randn(1, 1, 48000)
+>>> layer(x16, sample_rate=16000).shape, layer(x48, sample_rate=48000).shape
+(torch.Size([1, 8, 3199]), torch.Size([1, 8, 3199]))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Geometry",
+    "ModulatedGaussian",
+    "NeuralAnalogFilter",
+    "SFIConv1d",
+    "erb_to_hz",
+    "hz_to_erb",
+]
+
+MAX_PHASES = 128  # exact for every common rate (11.025 kHz needs 128 with K0=10, S0=5 at 16 kHz)
+
+
+def hz_to_erb(f: Tensor | float) -> Tensor:
+    """ERB-rate (Glasberg & Moore 1990) of frequencies in Hz: ``9.265 ln(1 + f / 228.8)``."""
+    f = torch.as_tensor(f, dtype=torch.float64)
+    return 9.265 * torch.log1p(f / (24.7 * 9.265))
+
+
+def erb_to_hz(e: Tensor | float) -> Tensor:
+    """Inverse of :func:`hz_to_erb`."""
+    e = torch.as_tensor(e, dtype=torch.float64)
+    return 24.7 * 9.265 * torch.expm1(e / 9.265)
+
+
+# ----------------------------------------------------------------------------- analog filters
+
+
+class ModulatedGaussian(nn.Module):
+    """``n`` modulated Gaussian analog filters (real impulse responses).
+
+    Args:
+        n_filters: number of filters.
+        ref_sample_rate: ``F0``; ``mu`` and ``sigma`` are in units of ``F0 / 2`` Hz.
+        freq_range: (low, high) Hz of the ERB-spaced initial centres (default 50 Hz to ``F0/2``).
+        init_sigma_hz: initial ``sigma`` in Hz (standard deviation of the Gaussian in frequency).
+        min_sigma_hz: lower bound of ``sigma`` in Hz.
+    """
+
+    def __init__(self, n_filters: int, ref_sample_rate: int = 16000, freq_range: tuple[float, float] | None = None,
+                 init_sigma_hz: float = 400.0, min_sigma_hz: float = 1.0) -> None:
+        super().__init__()
+        self.unit_hz = ref_sample_rate / 2.0
+        lo, hi = freq_range or (50.0, ref_sample_rate / 2.0)
+        erb = torch.linspace(float(hz_to_erb(lo)), float(hz_to_erb(hi)), n_filters, dtype=torch.float64)
+        self.mu = nn.Parameter((erb_to_hz(erb) / self.unit_hz).float())
+        self.sigma = nn.Parameter(torch.full((n_filters,), init_sigma_hz / self.unit_hz))
+        self.phi = nn.Parameter(torch.rand(n_filters) * math.pi)
+        self.min_sigma = min_sigma_hz / self.unit_hz
+
+    @property
+    def n_filters(self) -> int:
+        return self.mu.shape[0]
+
+    def _rad(self) -> tuple[Tensor, Tensor]:
+        scale = 2 * math.pi * self.unit_hz  # unit -> rad/s
+        return self.mu * scale, self.sigma.abs().clamp_min(self.min_sigma) * scale
+
+    def response(self, omega: Tensor) -> tuple[Tensor, Tensor]:
+        """(Re H, Im H) at angular frequencies ``omega`` (rad/s), each (n, len(omega))."""
+        mu, sigma = self._rad()
+        w = omega[None, :]
+        g1 = torch.exp(-((w - mu[:, None]) ** 2) / (2 * sigma[:, None] ** 2))
+        g2 = torch.exp(-((w + mu[:, None]) ** 2) / (2 * sigma[:, None] ** 2))
+        c, s = torch.cos(self.phi)[:, None], torch.sin(self.phi)[:, None]
+        return (g1 + g2) * c, (g1 - g2) * s
+
+    def impulse(self, t: Tensor) -> Tensor:
+        """Analog impulse response ``h(t)`` (per second) at times ``t`` (s): (n, len(t))."""
+        mu, sigma = self._rad()
+        env = (2 * sigma[:, None] / math.sqrt(2 * math.pi)) * torch.exp(-(sigma[:, None] * t[None, :]) ** 2 / 2)
+        return env * torch.cos(mu[:, None] * t[None, :] + self.phi[:, None])
+
+    def centre_hz(self) -> Tensor:
+        """Centre frequencies in Hz, (n,)."""
+        return (self.mu * self.unit_hz).abs()
+
+    def extra_repr(self) -> str:
+        return f"n_filters={self.n_filters}, unit_hz={self.unit_hz:g}"
+
+
+class _GridNorm(nn.Module):
+    """``GroupNorm(1, C)`` over (features x the whole frequency grid), as the authors' NAF."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:  # (M, C)
+        mean = x.mean()
+        var = x.var(unbiased=False)
+        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+class NeuralAnalogFilter(nn.Module):
+    """``n`` neural analog filters: an MLP on random Fourier features of normalised frequency.
+
+    ``nu = f / norm_freq`` (default ``F0 / 2``, so ``nu`` is 1 at the reference Nyquist);
+    features ``[cos(b nu), sin(b nu)]`` with learnable ``b`` (``n_rff`` of them, drawn
+    from ``N(0, (2 pi rff_scale)^2)``); hidden layers ``Linear -> norm -> ReLU``; the last
+    layer gives ``Re H`` of every filter then ``Im H`` of every filter.
+
+    Args:
+        norm: ``"layer"`` (per frequency: ``H`` is a function of frequency alone) or
+            ``"grid"`` (over the whole frequency grid, as the authors' ``GroupNorm(1, C)``).
+    """
+
+    def __init__(self, n_filters: int, ref_sample_rate: int = 16000, n_rff: int = 128,
+                 hidden: tuple[int, ...] = (224, 224), rff_scale: float = 10.0, norm: str = "layer",
+                 norm_freq: float | None = None) -> None:
+        super().__init__()
+        if norm not in ("layer", "grid"):
+            raise ValueError(f"norm must be 'layer' or 'grid', got {norm!r}.")
+        self.n = int(n_filters)
+        self.norm_kind = norm
+        self.norm_freq = float(norm_freq or ref_sample_rate / 2.0)
+        self.rff = nn.Parameter(torch.randn(n_rff) * (2 * math.pi * rff_scale))
+        layers: list[nn.Module] = []
+        width = 2 * n_rff
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.LayerNorm(h) if norm == "layer" else _GridNorm(h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 2 * self.n))
+        self.net = nn.Sequential(*layers)
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    @property
+    def n_filters(self) -> int:
+        return self.n
+
+    def response(self, omega: Tensor) -> tuple[Tensor, Tensor]:
+        """(Re H, Im H) at angular frequencies ``omega`` (rad/s), each (n, len(omega))."""
+        nu = omega / (2 * math.pi * self.norm_freq)
+        z = nu[:, None] * self.rff[None, :]
+        out = self.net(torch.cat([torch.cos(z), torch.sin(z)], dim=1))  # (M, 2n)
+        return out[:, : self.n].T, out[:, self.n :].T
+
+    def extra_repr(self) -> str:
+        return f"n_filters={self.n}, n_rff={self.rff.shape[0]}, norm={self.norm_kind!r}, norm_freq={self.norm_freq:g}"
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the taps of an SFI layer fall at one sample rate.
+
+    Attributes:
+        sample_rate: ``Fs``.
+        kernel_size: ``K = int(K0 Fs / F0)``.
+        stride: the nominal ``S = int(S0 Fs / F0)``.
+        hop: the exact frame hop in samples, ``S0 Fs / F0`` (a fraction).
+        offsets: first sample of frame ``j`` for ``j < q`` (frame ``a q + j`` starts at
+            ``a p + offsets[j]`` with ``hop = p / q``).
+        phases: fractional part of frame ``j``'s start, in samples.
+        window: the window length ``K0 Fs / F0`` in samples (a fraction).
+    """
+
+    sample_rate: int
+    kernel_size: int
+    stride: int
+    hop: Fraction
+    offsets: tuple[int, ...]
+    phases: tuple[Fraction, ...]
+    window: Fraction
+
+    @property
+    def q(self) -> int:
+        return self.hop.denominator
+
+    @property
+    def p(self) -> int:
+        return self.hop.numerator
+
+    def frames(self, length: int) -> int:
+        """Frames of a signal of ``length`` samples: those whose whole window lies inside it."""
+        if length < self.window:
+            return 0
+        return int((length - self.window) // self.hop) + 1
+
+    def starts(self, n_frames: int) -> list[int]:
+        """First sample of each frame (``floor(m * hop)``)."""
+        return [(m * self.p) // self.q for m in range(n_frames)]
+
+
+# ----------------------------------------------------------------------------- the layer
+
+
+class SFIConv1d(nn.Module):
+    """A convolution whose kernels are generated for the input's sample rate.
+
+    Args:
+        in_channels, out_channels: as ``nn.Conv1d``.
+        kernel_size, stride: ``K0, S0`` at ``ref_sample_rate``.
+        ref_sample_rate: ``F0``, the rate at which this layer is an ordinary
+            ``Conv1d(kernel_size, stride)``.
+        filter: ``"gauss"`` (modulated Gaussian) or ``"naf"`` (neural analog filter).
+        design: ``"freq"`` (least squares in frequency, default) or ``"time"`` (impulse
+            response sampling).
+        n_freq: frequencies sampled in ``[0, Fs/2]`` for the design (640 as the authors).
+        bias: add a learnable bias per output channel.
+        sample_rate: the default rate used by ``forward(x)`` without ``sample_rate=``
+            (see :meth:`set_sample_rate`); ``ref_sample_rate`` if not given.
+        init_sigma_hz, freq_range: initialisation of the Gaussian filters.
+        n_rff, hidden, rff_scale, naf_norm, norm_freq: the neural analog filter
+            (:class:`NeuralAnalogFilter`).
+
+    ``forward(x, sample_rate)``: ``x`` is (B, in_channels, L) or (B, L) for one input
+    channel; returns (B, out_channels, frames).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 ref_sample_rate: int = 16000, filter: str = "gauss", design: str = "freq",
+                 n_freq: int = 640, bias: bool = False, sample_rate: int | None = None,
+                 init_sigma_hz: float = 400.0, freq_range: tuple[float, float] | None = None,
+                 n_rff: int = 128, hidden: tuple[int, ...] = (224, 224), rff_scale: float = 10.0,
+                 naf_norm: str = "layer", norm_freq: float | None = None) -> None:
+        super().__init__()
+        if filter not in ("gauss", "naf"):
+            raise ValueError(f"filter must be 'gauss' or 'naf', got {filter!r}.")
+        if design not in ("freq", "time"):
+            raise ValueError(f"design must be 'freq' or 'time', got {design!r}.")
+        if kernel_size < 1 or stride < 1 or n_freq < 2:
+            raise ValueError("kernel_size and stride must be >= 1 and n_freq >= 2.")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.ref_kernel_size, self.ref_stride = int(kernel_size), int(stride)
+        self.ref_sample_rate = int(ref_sample_rate)
+        self.filter, self.design, self.n_freq = filter, design, int(n_freq)
+        n = self.in_channels * self.out_channels
+        if filter == "gauss":
+            self.analog: nn.Module = ModulatedGaussian(n, self.ref_sample_rate, freq_range, init_sigma_hz)
+        else:
+            self.analog = NeuralAnalogFilter(n, self.ref_sample_rate, n_rff, tuple(hidden), rff_scale,
+                                             naf_norm, norm_freq)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.sample_rate = int(sample_rate or ref_sample_rate)
+        self._geometry: dict[int, Geometry] = {}
+        self._design: dict[tuple, Tensor] = {}
+        self._kernels: dict[tuple, tuple[tuple, Tensor]] = {}
+
+    # -- rates and geometry -------------------------------------------------------------
+
+    def set_sample_rate(self, sample_rate: int) -> None:
+        """Rate used by ``forward(x)`` when no ``sample_rate=`` is given."""
+        self.geometry(sample_rate)  # validates
+        self.sample_rate = int(sample_rate)
+
+    def geometry(self, sample_rate: int) -> Geometry:
+        """Kernel size, stride and tap placement at ``sample_rate`` (cached)."""
+        fs = int(sample_rate)
+        g = self._geometry.get(fs)
+        if g is not None:
+            return g
+        if fs <= 0 or fs != sample_rate:
+            raise ValueError(f"sample rate must be a positive whole number of Hz, got {sample_rate!r}.")
+        f0 = self.ref_sample_rate
+        k = (self.ref_kernel_size * fs) // f0
+        if k < 1:
+            raise ValueError(
+                f"sample rate {fs} Hz is too low for this layer: its {self.ref_kernel_size}-tap "
+                f"window at {f0} Hz would hold no sample (needs at least {math.ceil(f0 / self.ref_kernel_size)} Hz)."
+            )
+        hop = Fraction(self.ref_stride * fs, f0)
+        if hop.denominator > MAX_PHASES:
+            hop = hop.limit_denominator(MAX_PHASES)
+        p, q = hop.numerator, hop.denominator
+        g = Geometry(
+            sample_rate=fs,
+            kernel_size=k,
+            stride=max(1, (self.ref_stride * fs) // f0),
+            hop=hop,
+            offsets=tuple((j * p) // q for j in range(q)),
+            phases=tuple(Fraction((j * p) % q, q) for j in range(q)),
+            window=Fraction(self.ref_kernel_size * fs, f0),
+        )
+        self._geometry[fs] = g
+        return g
+
+    def kernel_size_at(self, sample_rate: int) -> int:
+        return self.geometry(sample_rate).kernel_size
+
+    def stride_at(self, sample_rate: int) -> int:
+        return self.geometry(sample_rate).stride
+
+    def output_length(self, length: int, sample_rate: int | None = None) -> int:
+        """Frames produced for an input of ``length`` samples at ``sample_rate``."""
+        return self.geometry(sample_rate or self.sample_rate).frames(int(length))
+
+    def delays(self, sample_rate: int, dtype: torch.dtype = torch.float64) -> Tensor:
+        """(q, K) delays in seconds of each tap before its frame's centre, per phase."""
+        g = self.geometry(sample_rate)
+        centre = self.ref_kernel_size / (2.0 * self.ref_sample_rate)
+        k = torch.arange(g.kernel_size, dtype=torch.float64)
+        ph = torch.tensor([float(d) for d in g.phases], dtype=torch.float64)
+        return (centre - (k[None, :] - ph[:, None]) / g.sample_rate).to(dtype)
+
+    def omega(self, sample_rate: int, device: torch.device | None = None,
+              dtype: torch.dtype = torch.float32) -> Tensor:
+        """The design's angular frequencies, ``linspace(0, pi Fs, n_freq)`` rad/s."""
+        return torch.linspace(0.0, math.pi * int(sample_rate), self.n_freq, device=device, dtype=dtype)
+
+    # -- kernel design ---------------------------------------------------------------
+
+    def _design_matrix(self, fs: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """(q, K, 2 n_freq): maps sampled [Re H; Im H] to the taps of each phase."""
+        key = (fs, self.design, device, dtype)
+        mat = self._design.get(key)
+        if mat is not None:
+            return mat
+        with torch.inference_mode(False), torch.no_grad():
+            d = self.delays(fs)  # (q, K) float64
+            w = self.omega(fs, dtype=torch.float64)  # (M,)
+            arg = -w[None, :, None] * d[:, None, :]  # (q, M, K)
+            if self.design == "freq":
+                a = torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)  # (q, 2M, K)
+                mat = torch.linalg.pinv(a)  # (q, K, 2M)
+            else:  # band-limited impulse response sampling: w_k = h(d_k) / Fs
+                step = w[1] - w[0]
+                trap = torch.full_like(w, 1.0)
+                trap[0] = trap[-1] = 0.5
+                c = (trap * step / (math.pi * fs))[None, None, :]
+                # h(d) = 1/pi int_0^{pi Fs} Re H cos(w d) - Im H sin(w d) dw; arg = -w d
+                mat = torch.cat([c * torch.cos(arg).transpose(1, 2), c * torch.sin(arg).transpose(1, 2)], dim=2)
+            mat = mat.to(device=device, dtype=dtype).contiguous()
+        self._design[key] = mat
+        return mat
+
+    def _masked(self, fs: int) -> Tensor | None:
+        """(n,) 0/1 mask of filters whose centre is below ``Fs/2``; None when ``Fs >= F0``."""
+        if fs >= self.ref_sample_rate:
+            return None
+        with torch.no_grad():
+            if isinstance(self.analog, ModulatedGaussian):
+                centre = self.analog.centre_hz()
+            else:  # the frequency of the peak of |H| over the reference band
+                w = self.omega(self.ref_sample_rate, device=self.analog.rff.device, dtype=self.analog.rff.dtype)
+                re, im = self.analog.response(w)
+                centre = w[torch.argmax(re**2 + im**2, dim=1)] / (2 * math.pi)
+            return (centre <= fs / 2.0).to(centre.dtype)
+
+    def _generate(self, fs: int) -> Tensor:
+        """(q, out, in, K) kernels at ``fs`` (differentiable in the filter parameters)."""
+        g = self.geometry(fs)
+        param = next(self.analog.parameters())
+        device, dtype = param.device, param.dtype
+        n = self.in_channels * self.out_channels
+        if self.design == "time" and isinstance(self.analog, ModulatedGaussian):
+            d = self.delays(fs).to(device=device, dtype=dtype)
+            w = self.analog.impulse(d.reshape(-1)).reshape(n, g.q, g.kernel_size).transpose(0, 1) / fs
+        else:
+            re, im = self.analog.response(self.omega(fs, device=device, dtype=dtype))
+            resp = torch.cat([re, im], dim=1)  # (n, 2M)
+            w = torch.einsum("qkm,nm->qnk", self._design_matrix(fs, device, dtype), resp)
+        mask = self._masked(fs)
+        if mask is not None:
+            w = w * mask[None, :, None]
+        return w.reshape(g.q, self.out_channels, self.in_channels, g.kernel_size)
+
+    def _state_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.analog.parameters())
+
+    def kernels(self, sample_rate: int | None = None) -> Tensor:
+        """The digital kernels at ``sample_rate``: (q, out_channels, in_channels, K).
+
+        ``q`` is the number of frame phases (1 when ``S0 Fs / F0`` is a whole number);
+        kernel ``j`` serves frames ``j, j + q, j + 2q, ...``. Cached when no gradient can
+        reach the filters (see the module docs).
+        """
+        fs = int(sample_rate or self.sample_rate)
+        params = list(self.analog.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._generate(fs)
+        key = (fs, torch.is_inference_mode_enabled())
+        state = self._state_key()
+        hit = self._kernels.get(key)
+        if hit is not None and hit[0] == state:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():
+            w = self._generate(fs)
+        self._kernels[key] = (state, w)
+        return w
+
+    def weight(self, sample_rate: int | None = None) -> Tensor:
+        """The kernel of frame 0 at ``sample_rate``, (out, in, K), like ``nn.Conv1d.weight``."""
+        return self.kernels(sample_rate)[0]
+
+    def clear_cache(self) -> None:
+        """Forget cached kernels (after editing parameters through ``.data``)."""
+        self._kernels.clear()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # .to()/.cuda()/.half(): cached tensors would stay on the old device; drop them
+        self._kernels.clear()
+        self._design.clear()
+        return super()._apply(fn, recurse)
+
+    # -- responses, for inspection and plots ------------------------------------------
+
+    def analog_response(self, freqs_hz: Tensor) -> Tensor:
+        """Complex response of the latent analog filters at ``freqs_hz``: (n_filters, len)."""
+        freqs_hz = torch.as_tensor(freqs_hz)
+        p = next(self.analog.parameters())
+        re, im = self.analog.response(2 * math.pi * freqs_hz.to(device=p.device, dtype=p.dtype))
+        return torch.complex(re, im)
+
+    def realised_response(self, sample_rate: int, freqs_hz: Tensor, phase: int = 0) -> Tensor:
+        """Complex response ``sum_k w_k exp(-j omega d_k)`` of the digital kernels generated at
+        ``sample_rate`` (frame phase ``phase``), at ``freqs_hz``: (n_filters, len)."""
+        w = self.kernels(sample_rate)[phase].reshape(-1, self.geometry(sample_rate).kernel_size)
+        d = self.delays(sample_rate)[phase]
+        om = 2 * math.pi * torch.as_tensor(freqs_hz, dtype=torch.float64)
+        e = torch.exp(-1j * om[:, None] * d[None, :])  # (len, K)
+        return w.to(torch.complex128) @ e.T
+
+    # -- forward ---------------------------------------------------------------------
+
+    def forward(self, x: Tensor, sample_rate: int | None = None) -> Tensor:
+        """(B, in, L) or (B, L) at ``sample_rate`` -> (B, out, frames)."""
+        if x.dim() == 2 and self.in_channels == 1:
+            x = x[:, None]
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, L), got {tuple(x.shape)}.")
+        fs = int(sample_rate or self.sample_rate)
+        g = self.geometry(fs)
+        n_frames = g.frames(x.shape[-1])
+        w = self.kernels(fs).to(x.dtype)
+        if n_frames == 0:
+            y = x.new_zeros(x.shape[0], self.out_channels, 0)
+        elif g.q == 1:
+            y = F.conv1d(x, w[0], stride=g.p)[..., :n_frames]
+        else:
+            per = -(-n_frames // g.q)  # frames per phase, rounded up
+            outs = []
+            for j in range(g.q):
+                n_j = (n_frames - j + g.q - 1) // g.q if n_frames > j else 0
+                if n_j == 0:
+                    outs.append(x.new_zeros(x.shape[0], self.out_channels, per))
+                    continue
+                seg = x[..., g.offsets[j] : g.offsets[j] + (n_j - 1) * g.p + g.kernel_size]
+                o = F.conv1d(seg, w[j], stride=g.p)
+                outs.append(F.pad(o, (0, per - n_j)))
+            y = torch.stack(outs, dim=-1).reshape(x.shape[0], self.out_channels, per * g.q)[..., :n_frames]
+        if self.bias is not None:
+            y = y + self.bias[None, :, None].to(y.dtype)
+        return y
+
+    # -- initialisation from an ordinary kernel -----------------------------------------
+
+    def fit_to_kernel(self, weight: Tensor, steps: int = 300, lr: float | None = None) -> float:
+        """Fit the analog filters so that the kernel generated at the reference rate matches
+        ``weight`` (out, in, K0), e.g. the first conv of a pretrained 16 kHz model.
+
+        Neural filters fit the kernels themselves (normalised squared error); what they do
+        above ``F0/2`` is left to distillation (asking them to be silent there, as the
+        16 kHz model's band-limited input would suggest, made 48 kHz features worse in our
+        trials: a sharp edge at ``F0/2`` cannot be realised in the short window). Modulated
+        Gaussians have unit peak gain and can only match a kernel's shape: they are
+        initialised at each kernel's spectral peak (centre, width, phase) and then fit
+        ``1 - cosine similarity``; the gain is lost, which a following per-channel
+        normalisation (wav2vec 2.0's GroupNorm) makes irrelevant. Returns the final mean
+        loss. Leaves the layer's mode and the kernel cache consistent.
+        """
+        f0 = self.ref_sample_rate
+        target = weight.detach().to(torch.float32).reshape(-1, self.ref_kernel_size)
+        if target.shape[0] != self.in_channels * self.out_channels:
+            raise ValueError(f"weight has {target.shape[0]} kernels, this layer {self.in_channels * self.out_channels}.")
+        p0 = next(self.analog.parameters())
+        target = target.to(p0.device)
+        gauss = isinstance(self.analog, ModulatedGaussian)
+        if gauss:
+            self._init_gauss_from(target)
+        groups = ([{"params": [self.analog.mu, self.analog.sigma], "lr": lr or 3e-3},
+                   {"params": [self.analog.phi], "lr": 10 * (lr or 3e-3)}] if gauss
+                  else [{"params": list(self.analog.parameters()), "lr": lr or 3e-3}])
+        opt = torch.optim.Adam(groups)
+        tnorm = target.norm(dim=1).clamp_min(1e-12)
+        loss = torch.tensor(float("nan"))
+        with torch.enable_grad():
+            for _ in range(max(0, int(steps))):
+                w = self._generate(f0)[0].reshape(target.shape)
+                if gauss:
+                    cos = (w * target).sum(1) / (w.norm(dim=1).clamp_min(1e-12) * tnorm)
+                    loss = (1 - cos).mean()
+                else:
+                    loss = (((w - target) ** 2).sum(1) / tnorm**2).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        self.clear_cache()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _init_gauss_from(self, target: Tensor) -> None:
+        """Centre, width and phase of each kernel's spectral peak (reference-rate DTFT)."""
+        f0 = self.ref_sample_rate
+        om = self.omega(f0, device=target.device, dtype=torch.float64)
+        d = self.delays(f0)[0].to(target.device)
+        spec = target.double().to(torch.complex128) @ torch.exp(-1j * d[:, None] * om[None, :])  # (n, M)
+        mag = spec.abs()
+        peak = torch.argmax(mag, dim=1)
+        mu = om[peak]
+        phi = torch.angle(spec[torch.arange(len(peak)), peak])
+        p2 = mag**2
+        var = (p2 * (om[None, :] - mu[:, None]) ** 2).sum(1) / p2.sum(1).clamp_min(1e-30)
+        unit = 2 * math.pi * self.analog.unit_hz
+        sigma = var.sqrt().clamp(2 * math.pi * 50.0, math.pi * f0)
+        self.analog.mu.copy_((mu / unit).to(self.analog.mu.dtype))
+        self.analog.sigma.copy_((sigma / unit).to(self.analog.sigma.dtype))
+        self.analog.phi.copy_(phi.to(self.analog.phi.dtype))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.ref_kernel_size}, "
+                f"stride={self.ref_stride} at {self.ref_sample_rate} Hz, filter={self.filter!r}, "
+                f"design={self.design!r}, n_freq={self.n_freq}, sample_rate={self.sample_rate}")
