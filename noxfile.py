@@ -38,6 +38,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def docs(session: nox.Session) -> None:
     session.install("-e", ".[docs]")
+    session.run("python", "docs/make_figures.py")
     session.run("sphinx-build", "-b", "html", "-W", "--keep-going", "docs", "docs/_build/html")
 
 
