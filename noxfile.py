@@ -19,6 +19,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def integrations(session: nox.Session) -> None:
+    session.install("pip<26.3")  # pip 26.3 rejects ci_sdr's (an ESPnet dependency) direct-URL extra
     session.install("-e", ".[test,integrations]")
     session.run("python", "-m", "pytest", "tests/integrations", "-ra", *session.posargs)
 

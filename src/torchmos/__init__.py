@@ -23,3 +23,9 @@ __all__ = [
     "hub",
     "models",
 ]
+
+from .adapters import install_transformers_hook as _install_transformers_hook
+
+# pipeline("audio-quality") is registered as soon as transformers.pipelines is imported
+# (never imported from here: a one-shot import hook, or at once if already imported).
+_install_transformers_hook()

@@ -41,9 +41,13 @@ def device_of(preds: Any) -> torch.device:
 
 def score(model: nn.Module, card: hub.ModelCard, preds: Any, fs: int, lengths: Any = None,
           names: Sequence[str] | None = None) -> torch.Tensor:
-    """The shared core: check and resample ``preds`` for ``card``, score with ``model``."""
-    clips = audio.prepare(preds, fs, card.sample_rate, lengths, min_seconds=card.min_seconds, names=names)
-    return model(clips)
+    """The shared core: check and resample ``preds`` for ``card``, score with ``model``.
+
+    A native-rate card (``sample_rate == 0``, MSR-UTMOS) is never resampled; its model is
+    given the rate: ``model(clips, fs)``.
+    """
+    clips = audio.prepare(preds, fs, card.sample_rate or None, lengths, min_seconds=card.min_seconds, names=names)
+    return model(clips, fs) if card.sample_rate == 0 else model(clips)
 
 
 def distillmos(preds: Any, fs: int = 16000, lengths: Any = None, checkpoint: str | os.PathLike | None = None,
