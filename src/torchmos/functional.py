@@ -15,7 +15,7 @@ from torch import nn
 
 from . import audio, hub, models
 
-__all__ = ["distillmos", "get_model", "msr_utmos", "score"]
+__all__ = ["distillmos", "get_model", "msr_utmos", "score", "vqscore"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -79,5 +79,16 @@ def msr_utmos(preds: Any, fs: int, lengths: Any = None, checkpoint: str | os.Pat
     or convert the authors' Lightning checkpoint). See :class:`torchmos.MsrUtmos`.
     """
     from .metrics.msr_utmos import msr_utmos as _impl  # the metric module holds the core
+
+    return _impl(preds, fs, lengths=lengths, checkpoint=checkpoint, device=device)
+
+
+def vqscore(preds: Any, fs: int = 16000, lengths: Any = None, checkpoint: str | os.PathLike | None = None,
+            device: str | torch.device | None = None) -> torch.Tensor:
+    """VQScore of each clip: a tensor (B,), roughly in [0, 1], higher is better.
+
+    See :func:`torchmos.metrics.vqscore.vqscore` (defined beside its metric).
+    """
+    from .metrics.vqscore import vqscore as _impl
 
     return _impl(preds, fs, lengths=lengths, checkpoint=checkpoint, device=device)

@@ -17,6 +17,8 @@ MODULES = [
     "torchmos.models",
     "torchmos.models.distillmos",
     "torchmos.metrics.distillmos",
+    "torchmos.models.vqscore",
+    "torchmos.metrics.vqscore",
     "torchmos.training.data",
 ]
 

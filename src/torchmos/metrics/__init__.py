@@ -3,5 +3,6 @@
 from .base import MOSMetric
 from .distillmos import DistillMOS
 from .msr_utmos import MsrUtmos
+from .vqscore import VQScore
 
-__all__ = ["DistillMOS", "MOSMetric", "MsrUtmos"]
+__all__ = ["DistillMOS", "MOSMetric", "MsrUtmos", "VQScore"]

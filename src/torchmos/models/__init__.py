@@ -57,6 +57,8 @@ def identify(path: str | os.PathLike) -> str:
             return "vqscore"
         if any(k.startswith("cnn.cnn.") for k in inner):
             return "distillmos"
+    if any(k.startswith("CNN_1D_encoder.") for k in ckpt):  # a bare VQScore state_dict
+        return "vqscore"
     if any(k.startswith("pt_model.ssl_model.") for k in ckpt):
         return "scoreq-nr-natural"
     if any(k.startswith("ssl_model.") for k in ckpt):
