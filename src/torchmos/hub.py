@@ -47,6 +47,7 @@ __all__ = [
     "local_status",
     "register",
     "resolve",
+    "save_atomic",
     "sha256sum",
 ]
 
@@ -357,6 +358,22 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise HubError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}.")
     return obj
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` into a temporary file beside ``path``, then rename it into place:
+    a reader (or a resumed run) never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 # ----------------------------------------------------------------------------- cards

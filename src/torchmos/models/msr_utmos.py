@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import hub
+from ..hub import save_atomic
 from .sfi import SFIConv1d
 
 __all__ = [
@@ -83,23 +83,6 @@ def _require_transformers() -> Any:
             "backbone): pip install 'transformers>=4.40'"
         ) from e
     return transformers
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-# ----------------------------------------------------------------------------- configs
 
 
 _DROP_KEYS = {"transformers_version", "id2label", "label2id", "architectures", "_name_or_path",

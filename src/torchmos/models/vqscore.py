@@ -24,7 +24,6 @@ each clip's own frames, so a score does not depend on the rest of the batch.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import hub
+from ..hub import save_atomic
 
 __all__ = [
     "AUTHORS_KEYS",
@@ -589,18 +589,4 @@ def _as_clips(wavs: Sequence[Tensor] | Tensor, device: torch.device) -> list[Ten
         clips.append(w.to(device=device, dtype=torch.float32))
     return clips
 
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` into a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 

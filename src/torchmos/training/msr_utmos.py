@@ -50,16 +50,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .. import audio
+from ..hub import save_atomic
 from ..models.msr_utmos import (
     INFER_LISTENERS,
     MsrUtmosModel,
     SFISSLModel,
     load_ssl,
     load_teacher,
-    save_atomic,
 )
+from . import CsvLog, add_run_arguments
 from .sfi_distill import (
-    CsvLog,
     TrainError,
     _StepSampler,
     check_resumable,
@@ -171,17 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (default 0)")
     o.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (default 0: off)")
 
-    r = parser.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=1337, help="seed of batches, crops, listeners and dropout (1337)")
-    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    r.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    r.add_argument("--log-every", type=int, default=50, help="log training losses every N steps (50)")
-    r.add_argument("--val-every", type=int, default=1000, help="validate every N steps (1000; also at the end)")
-    r.add_argument("--save-every", type=int, default=1000, help="write last.pt every N steps (1000; also at the end)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    r.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser, seed_help="batches, crops, listeners and dropout", log_every=50, val_every=1000, save_every=1000)
 
 
 def run(args: argparse.Namespace) -> int:

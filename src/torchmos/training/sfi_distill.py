@@ -36,7 +36,6 @@ train msr-utmos --ssl``), ``last.pt`` (the same plus optimiser and RNG state, fo
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import sys
@@ -49,7 +48,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import audio
-from ..models.msr_utmos import SFISSLModel, load_teacher, save_atomic
+from ..hub import save_atomic
+from ..models.msr_utmos import SFISSLModel, load_teacher
+from . import CsvLog, add_run_arguments
 
 __all__ = ["TrainError", "add_arguments", "run"]
 
@@ -109,26 +110,6 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | No
                          "to start afresh.")
     out.mkdir(parents=True, exist_ok=True)
     return None
-
-
-class CsvLog:
-    """A CSV log with fixed columns; on resume, rows after the resumed step are dropped."""
-
-    def __init__(self, path: Path, columns: Sequence[str], keep_until: int | None) -> None:
-        self.path, self.columns = path, list(columns)
-        rows: list[dict[str, str]] = []
-        if keep_until is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= keep_until]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        clean = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(clean)
 
 
 def durations(entries: Sequence[audio.AudioEntry]) -> list[tuple[float, int]]:
@@ -264,17 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--weight-decay", type=float, default=0.01, help="decoupled weight decay (0.01)")
     o.add_argument("--grad-clip", type=float, default=0.0, help="clip the gradient norm (default 0: off)")
 
-    r = parser.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=1337, help="seed of batches, rates, crops and dropout (1337)")
-    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    r.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    r.add_argument("--log-every", type=int, default=100, help="log training losses every N steps (100)")
-    r.add_argument("--val-every", type=int, default=5000, help="validate every N steps (5000; also at the end)")
-    r.add_argument("--save-every", type=int, default=5000, help="write last.pt every N steps (5000; also at the end)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    r.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser, seed_help="batches, rates, crops and dropout", log_every=100, val_every=5000, save_every=5000)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,7 +51,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import audio, hub
-from ..models.vqscore import VQScoreModel, frame_cosine, save_atomic
+from ..hub import save_atomic
+from ..models.vqscore import VQScoreModel, frame_cosine
+from . import CsvLog, add_run_arguments
 
 __all__ = ["TrainError", "add_arguments", "apply_gain", "pearson", "read_labels", "run", "spearman"]
 
@@ -113,17 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--recon-weight", type=float, default=45.0, help="weight of the reconstruction loss (45)")
     o.add_argument("--commit-weight", type=float, default=1.0, help="weight of the commitment loss (1)")
 
-    r = parser.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=1337, help="seed of batches, crops, gains and init (default 1337)")
-    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    r.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    r.add_argument("--log-every", type=int, default=100, help="log training losses every N steps (100)")
-    r.add_argument("--val-every", type=int, default=20_000, help="validate every N steps (20000; also at the end)")
-    r.add_argument("--save-every", type=int, default=10_000, help="write last.pt every N steps (10000; also at the end)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    r.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser, seed_help="batches, crops, gains and init", log_every=100, val_every=20000, save_every=10000)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -313,26 +305,6 @@ def _plain_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-class _CsvLog:
-    """metrics.csv with fixed columns; on resume, rows after the resumed step are dropped."""
-
-    def __init__(self, path: Path, keep_until: int | None) -> None:
-        self.path = path
-        rows: list[dict[str, str]] = []
-        if keep_until is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= keep_until]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        clean = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore").writerow(clean)
-
-
 class _Recipe:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -482,7 +454,7 @@ class _Recipe:
                 group.update(lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
             start, best, elapsed0 = int(state["step"]), float(state["best"]), float(state["elapsed"])
         (self.out / "args.json").write_text(json.dumps(_plain_args(a), indent=2, default=str) + "\n")
-        log = _CsvLog(self.out / "metrics.csv", keep_until=start if state is not None else None)
+        log = CsvLog(self.out / "metrics.csv", COLUMNS, keep_until=start if state is not None else None)
 
         loader = DataLoader(_Crops(entries, crop), batch_sampler=_PlanSampler(plan, start, a.steps),
                             num_workers=a.workers, collate_fn=torch.stack, generator=torch.Generator())
