@@ -8,7 +8,7 @@ True
 from . import audio, functional, hub, models
 from .audio import AudioError
 from .hub import HubError
-from .metrics import DistillMOS, MOSMetric, MsrUtmos, VQScore
+from .metrics import DistillMOS, MOSMetric, MsrUtmos, ScoreqNR, ScoreqRef, VQScore
 
 __version__ = "0.1.0"
 
@@ -18,6 +18,8 @@ __all__ = [
     "HubError",
     "MOSMetric",
     "MsrUtmos",
+    "ScoreqNR",
+    "ScoreqRef",
     "VQScore",
     "audio",
     "functional",

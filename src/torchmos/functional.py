@@ -15,7 +15,7 @@ from torch import nn
 
 from . import audio, hub, models
 
-__all__ = ["distillmos", "get_model", "msr_utmos", "score", "vqscore"]
+__all__ = ["distillmos", "get_model", "msr_utmos", "score", "scoreq_nr", "scoreq_ref", "vqscore"]
 
 
 @functools.lru_cache(maxsize=8)
@@ -92,3 +92,22 @@ def vqscore(preds: Any, fs: int = 16000, lengths: Any = None, checkpoint: str | 
     from .metrics.vqscore import vqscore as _impl
 
     return _impl(preds, fs, lengths=lengths, checkpoint=checkpoint, device=device)
+
+
+def scoreq_nr(preds: Any, fs: int = 16000, domain: str = "natural", lengths: Any = None,
+              checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None) -> torch.Tensor:
+    """SCOREQ no-reference MOS of each clip (B,); see :func:`torchmos.metrics.scoreq.scoreq_nr`."""
+    from .metrics.scoreq import scoreq_nr as _impl
+
+    return _impl(preds, fs, domain=domain, lengths=lengths, checkpoint=checkpoint, device=device)
+
+
+def scoreq_ref(preds: Any, target: Any, fs: int = 16000, domain: str = "natural", lengths: Any = None,
+               target_lengths: Any = None, checkpoint: str | os.PathLike | None = None,
+               device: str | torch.device | None = None) -> torch.Tensor:
+    """SCOREQ distance (B,) in [0, 2] to each clip's clean reference (lower is better);
+    see :func:`torchmos.metrics.scoreq.scoreq_ref`."""
+    from .metrics.scoreq import scoreq_ref as _impl
+
+    return _impl(preds, target, fs, domain=domain, lengths=lengths, target_lengths=target_lengths,
+                 checkpoint=checkpoint, device=device)

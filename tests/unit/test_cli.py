@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 import torchmos.functional as F
+from torchmos import audio as torchmos_audio
 from torchmos import cli, synth
 
 
@@ -137,3 +138,37 @@ def test_demo_scores_clean_above_degraded(tmp_path, capsys):
     for kind in ("noise_0dB", "clipping", "lowpass_1k", "dropouts_30%"):
         assert mean[kind] < mean["clean"], (kind, mean)
     assert "clean" in capsys.readouterr().out
+
+
+def test_scoreq_reference_modes(folder, tmp_path):
+    """--reference pairs files by id; --reference-set averages over a clean set."""
+    pytest.importorskip("transformers", reason="SCOREQ's backbone is transformers' Wav2Vec2Model")
+    from torchmos.models.scoreq import ScoreqModel
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "fixed_nmr_telephone.pt"  # official REF layout, random weights
+    torch.save(ScoreqModel(mode="ref").to_official_state_dict(), ckpt)
+    model = ScoreqModel.from_pretrained(checkpoint=ckpt, mode="ref")
+    clean = tmp_path / "clean"
+    (clean / "a").mkdir(parents=True)
+    for name in ("a/one.wav", "a/two.flac"):  # same relative paths as in `folder`
+        x, sr = sf.read(folder / name, dtype="float32")
+        sf.write(clean / name.replace(".flac", ".wav"), synth.degrade(torch.from_numpy(x), sr, "noise_5dB").numpy(), sr)
+    out = tmp_path / "ref.csv"
+    rc = cli.main(["score", str(folder / "a"), "--model", str(ckpt), "--reference", str(clean / "a"), "-o", str(out), "-q"])
+    assert rc == 0
+    rows = read_csv(out)
+    assert set(rows) == {"one", "two"} and rows["one"]["model"] == "scoreq-ref-natural"
+
+    def clip(p):
+        x, sr = sf.read(p, dtype="float32")
+        return torchmos_audio.prepare([torch.from_numpy(x)], sr, 16000)[0]
+
+    want = model.distance([clip(folder / "a/one.wav")], [clip(clean / "a/one.wav")])
+    assert float(rows["one"]["score"]) == pytest.approx(float(want), abs=1e-4)
+    out2 = tmp_path / "nmr.csv"
+    rc = cli.main(["score", str(folder / "three.wav"), "--model", str(ckpt), "--reference-set", str(clean), "-o", str(out2), "-q"])
+    assert rc == 0
+    refs = model.embed([clip(clean / "a/one.wav"), clip(clean / "a/two.wav")])
+    want = model.distance_to_set([clip(folder / "three.wav")], refs)
+    assert float(next(iter(read_csv(out2).values()))["score"]) == pytest.approx(float(want), abs=1e-4)

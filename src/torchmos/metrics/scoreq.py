@@ -1,0 +1,296 @@
+"""The SCOREQ metrics: no-reference MOS (:class:`ScoreqNR`) and reference distance
+(:class:`ScoreqRef`), for natural or synthetic speech (SPECS §2).
+
+The stateless twins :func:`scoreq_nr` and :func:`scoreq_ref` are at the bottom.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import audio, functional, hub
+from .base import MOSMetric
+
+__all__ = ["ScoreqNR", "ScoreqRef", "scoreq_nr", "scoreq_ref"]
+
+_DOMAINS = ("natural", "synthetic")
+
+
+def _card_name(mode: str, domain: str, where: str) -> str:
+    if domain not in _DOMAINS:
+        raise ValueError(
+            f"{where}: domain must be 'natural' (codecs, VoIP, enhancement, noise) or "
+            f"'synthetic' (TTS, voice conversion), got {domain!r}."
+        )
+    return f"scoreq-{mode}-{domain}"
+
+
+def _model_kwargs(chunk_seconds: float | None, precision: str,
+                  backbone_config: dict[str, Any] | None) -> dict[str, Any]:
+    return {"chunk_seconds": chunk_seconds, "precision": precision, **(backbone_config or {})}
+
+
+class ScoreqNR(MOSMetric):
+    """SCOREQ no-reference MOS (higher is better).
+
+    The mean over time of a wav2vec 2.0 BASE encoder's last layer, L2-normalised, then a
+    linear MOS head (Ragano, Skoglund & Hines, NeurIPS 2024). The output is an unbounded
+    linear regression of MOS on a 1-5 scale (no clamp). Pick the domain the audio comes
+    from: ``"natural"`` (trained on NISQA: codecs, VoIP, packet loss, noise, enhancement)
+    or ``"synthetic"`` (trained on VoiceMOS 2022: TTS and voice conversion).
+
+    Every clip is scored whole, as the reference does, and its score does not depend on
+    the batch it is in. The authors trained on clips of at most 4 s and evaluated on at
+    most 15 s; memory grows with the square of the length, so for long files opt into
+    ``chunk_seconds=`` (a documented deviation, see docs/metrics/scoreq.md).
+
+    The official weights (Zenodo record 13860326, ~380 MB) are downloaded on first use;
+    the authors publish no checksum, so the sha256 of the first download is recorded and
+    checked on every later load (pin one with ``sha256=``).
+
+    Args:
+        domain: ``"natural"`` (default) or ``"synthetic"``.
+        fs: sample rate of the audio given to :meth:`update` (resampled to 16 kHz).
+        checkpoint: a local weight file (the official format) instead of the download.
+        sha256: pin the weight file's checksum.
+        chunk_seconds: ``None`` (faithful, default) or the longest chunk in seconds for
+            long files: the embedding is then the mean over chunks (opt-in deviation).
+        precision: ``"fp32"`` (faithful) or ``"bf16"`` (opt-in autocast, faster on CPUs
+            and GPUs with bf16; error documented).
+        per_utterance: also keep every clip's score (compute() returns a dict).
+        backbone_config: ``transformers.Wav2Vec2Config`` fields for a checkpoint with
+            another backbone size (your own training); the official files use the defaults.
+        kwargs: ``torchmetrics.Metric`` options.
+
+    Example (with a randomly initialised file in the official format; real use simply
+    omits ``checkpoint=`` and downloads the authors' weights):
+
+        >>> import torch, tempfile, os
+        >>> from torchmos.models.scoreq import ScoreqModel
+        >>> from torchmos.metrics.scoreq import ScoreqNR
+        >>> tiny = dict(num_hidden_layers=1, hidden_size=48, num_attention_heads=2,
+        ...             intermediate_size=96, num_conv_pos_embedding_groups=2, conv_dim=(32,) * 7)
+        >>> ckpt = os.path.join(tempfile.mkdtemp(), "adapt_nr_telephone.pt")
+        >>> torch.save(ScoreqModel("nr", **tiny).to_official_state_dict(), ckpt)
+        >>> metric = ScoreqNR(domain="natural", fs=16000, checkpoint=ckpt, backbone_config=tiny)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> metric.update(torch.randn(2, 16000, generator=g) * 0.1)
+        >>> metric.update([torch.randn(24000, generator=g) * 0.1])
+        >>> metric.compute().shape, int(metric.total)
+        (torch.Size([]), 3)
+    """
+
+    plot_lower_bound = 1.0
+    plot_upper_bound = 5.0
+
+    def __init__(self, domain: str = "natural", fs: int = 16000, checkpoint: str | os.PathLike | None = None,
+                 sha256: str | None = None, chunk_seconds: float | None = None, precision: str = "fp32",
+                 per_utterance: bool = False, backbone_config: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        object.__setattr__(self, "card_name", _card_name("nr", domain, type(self).__name__))
+        super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
+                         model_kwargs=_model_kwargs(chunk_seconds, precision, backbone_config), **kwargs)
+        self.domain = domain
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, chunk_seconds={self._net.chunk_seconds}"
+
+
+class ScoreqRef(MOSMetric):
+    """SCOREQ reference distance: how far a clip's embedding is from clean speech.
+
+    The Euclidean distance between unit-norm SCOREQ embeddings, in [0, 2]; **lower is
+    better** (0: the same embedding as the reference). Two ways to give the reference:
+
+    * **full reference**: ``update(preds, target)`` scores each clip against its own clean
+      counterpart (same number of clips, any lengths);
+    * **non-matching reference**: ``ScoreqRef(references=...)`` fixes a set of clean clips
+      (tensors at ``fs``, or audio file paths / folders); their embeddings are computed
+      once and cached on the metric's device, and each clip scores the mean distance to
+      the set (the paper averaged over 50 clean files). ``update(preds)`` then takes no
+      target.
+
+    Args:
+        domain: ``"natural"`` (codecs, VoIP, enhancement) or ``"synthetic"`` (TTS, VC).
+        fs: sample rate of the audio passed to :meth:`update` and of tensor ``references``.
+        references: the non-matching reference set (see above); ``None`` for full reference.
+        checkpoint, sha256, chunk_seconds, precision, per_utterance, backbone_config,
+            kwargs: as in :class:`ScoreqNR`.
+
+    Example (random-weight file in the official format; real use omits ``checkpoint=``):
+
+        >>> import torch, tempfile, os
+        >>> from torchmos.models.scoreq import ScoreqModel
+        >>> from torchmos.metrics.scoreq import ScoreqRef
+        >>> tiny = dict(num_hidden_layers=1, hidden_size=48, num_attention_heads=2,
+        ...             intermediate_size=96, num_conv_pos_embedding_groups=2, conv_dim=(32,) * 7)
+        >>> ckpt = os.path.join(tempfile.mkdtemp(), "fixed_nmr_telephone.pt")
+        >>> torch.save(ScoreqModel("ref", **tiny).to_official_state_dict(), ckpt)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> clean = torch.randn(2, 16000, generator=g) * 0.1
+        >>> fr = ScoreqRef(checkpoint=ckpt, backbone_config=tiny)
+        >>> fr.update(clean + 0.05 * torch.randn(2, 16000, generator=g), clean)
+        >>> 0.0 <= float(fr.compute()) <= 2.0
+        True
+        >>> nmr = ScoreqRef(checkpoint=ckpt, backbone_config=tiny, references=list(clean))
+        >>> nmr.update(torch.randn(3, 12000, generator=g) * 0.1)
+        >>> int(nmr.total)
+        3
+    """
+
+    higher_is_better = False
+    plot_lower_bound = 0.0
+    plot_upper_bound = 2.0
+
+    def __init__(self, domain: str = "natural", fs: int = 16000, references: Any = None,
+                 checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
+                 chunk_seconds: float | None = None, precision: str = "fp32", per_utterance: bool = False,
+                 backbone_config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        object.__setattr__(self, "card_name", _card_name("ref", domain, type(self).__name__))
+        super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
+                         model_kwargs=_model_kwargs(chunk_seconds, precision, backbone_config), **kwargs)
+        self.domain = domain
+        self._ref_emb: Tensor | None = None
+        self.reference_ids: list[str] = []
+        if references is not None:
+            clips, self.reference_ids = _reference_clips(references, self.fs, self.card)
+            self._ref_emb = self._net.embed(clips).to(self.device)
+
+    @property
+    def reference_embeddings(self) -> Tensor | None:
+        """(R, 768) embeddings of the non-matching reference set (None in full-reference mode)."""
+        return self._ref_emb
+
+    def _apply(self, fn: Any, exclude_state: Sequence[str] = "") -> nn.Module:
+        this = super()._apply(fn, exclude_state)
+        if getattr(self, "_ref_emb", None) is not None:
+            self._ref_emb = self._ref_emb.to(self.device)  # follow the device, keep float32
+        return this
+
+    def update(self, preds: Any, target: Any = None, lengths: Any = None, target_lengths: Any = None,
+               ids: Sequence[str] | None = None) -> None:
+        """Score a batch against its references (``target``) or the fixed reference set.
+
+        ``preds``/``target``: (T,), (B, T) (+ ``lengths``/``target_lengths``) or lists of
+        1-D clips at ``fs``; ``target[b]`` is the clean reference of ``preds[b]``.
+        """
+        scores = self._ref_scores(preds, target, lengths, target_lengths, ids)
+        self._accumulate(scores, ids)
+
+    def _ref_scores(self, preds: Any, target: Any, lengths: Any, target_lengths: Any,
+                    ids: Sequence[str] | None) -> Tensor:
+        if target is None and self._ref_emb is None:
+            raise ValueError(
+                "ScoreqRef needs a reference: pass update(preds, target) with each clip's clean "
+                "counterpart (full reference), or build ScoreqRef(references=[...]) with a set of "
+                "clean clips (non-matching reference)."
+            )
+        if target is not None and self._ref_emb is not None:
+            raise ValueError(
+                "this ScoreqRef was built with references= (non-matching mode), so update() takes "
+                "no target; build a ScoreqRef without references= to score against paired targets."
+            )
+        if target is None and target_lengths is not None:
+            raise ValueError("target_lengths= was given without a target.")
+        clips = audio.prepare(preds, self.fs, self.card.sample_rate, lengths,
+                              min_seconds=self.card.min_seconds, names=ids, arg="preds")
+        if target is None:
+            return self._net.distance_to_set(clips, self._ref_emb)
+        refs = audio.prepare(target, self.fs, self.card.sample_rate, target_lengths,
+                             min_seconds=self.card.min_seconds, names=ids, arg="target")
+        if len(refs) != len(clips):
+            raise audio.AudioError(
+                f"{len(clips)} clips in preds but {len(refs)} in target; full-reference scoring "
+                "pairs preds[b] with target[b]."
+            )
+        return self._net.distance(clips, refs)
+
+    def _scores(self, preds: Any, lengths: Any, ids: Sequence[str] | None) -> Tensor:
+        return self._ref_scores(preds, None, lengths, None, ids)
+
+    def extra_repr(self) -> str:
+        mode = f"non-matching ({self._ref_emb.shape[0]} references)" if self._ref_emb is not None else "full reference"
+        return f"{super().extra_repr()}, reference={mode}"
+
+
+def _reference_clips(references: Any, fs: int, card: hub.ModelCard) -> tuple[list[Tensor], list[str]]:
+    """Read/check/resample the non-matching reference set -> 16 kHz clips and their ids."""
+    if isinstance(references, (str, os.PathLike)):
+        references = [references]
+    if isinstance(references, (Tensor, np.ndarray)):
+        clips = audio.prepare(references, fs, card.sample_rate, min_seconds=card.min_seconds, arg="references")
+        return clips, [str(i) for i in range(len(clips))]
+    if not isinstance(references, (list, tuple)) or len(references) == 0:
+        raise audio.AudioError(
+            "references: expected a non-empty list of clips (tensors at fs) or of audio files/folders, "
+            f"got {type(references).__name__ if not isinstance(references, (list, tuple)) else 'an empty list'}."
+        )
+    if all(isinstance(r, (str, os.PathLike)) for r in references):
+        entries = audio.find_audio(references)
+        clips, ids = [], []
+        for e in entries:
+            x, sr = e.read()
+            clips += audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds,
+                                   names=[e.source], arg="references")
+            ids.append(e.id)
+        return clips, ids
+    if any(isinstance(r, (str, os.PathLike, Path)) for r in references):
+        raise audio.AudioError("references: give either all tensors (at fs) or all file paths, not a mix.")
+    clips = audio.prepare(list(references), fs, card.sample_rate, min_seconds=card.min_seconds, arg="references")
+    return clips, [str(i) for i in range(len(clips))]
+
+
+# ----------------------------------------------------------------------------- functional
+
+
+def scoreq_nr(preds: Any, fs: int = 16000, domain: str = "natural", lengths: Any = None,
+              checkpoint: str | os.PathLike | None = None,
+              device: str | torch.device | None = None) -> Tensor:
+    """SCOREQ no-reference MOS of each clip: a tensor (B,) (unbounded linear output, 1-5 scale).
+
+    Args:
+        preds: (T,), (B, T) (with ``lengths`` if padded), or a list of 1-D clips.
+        fs: their sample rate; anything other than 16 kHz is resampled.
+        domain: ``"natural"`` (codecs, VoIP, enhancement) or ``"synthetic"`` (TTS, VC).
+        lengths: valid samples per row of a padded (B, T) tensor.
+        checkpoint: a local weight file (official format) instead of the download.
+        device: where to run (default: the device of ``preds``).
+    """
+    name = _card_name("nr", domain, "scoreq_nr")
+    dev = torch.device(device) if device is not None else functional.device_of(preds)
+    model = functional.get_model(name, checkpoint, device=dev)
+    return functional.score(model, hub.get_card(name), preds, fs, lengths)
+
+
+def scoreq_ref(preds: Any, target: Any, fs: int = 16000, domain: str = "natural", lengths: Any = None,
+               target_lengths: Any = None, checkpoint: str | os.PathLike | None = None,
+               device: str | torch.device | None = None) -> Tensor:
+    """SCOREQ distance (B,) in [0, 2] between each clip and its clean reference; lower is better.
+
+    Args:
+        preds: the clips to assess: (T,), (B, T) (+ ``lengths``) or a list of 1-D clips.
+        target: their clean references, paired by index, in the same forms.
+        fs: sample rate of both; resampled to 16 kHz.
+        domain: ``"natural"`` or ``"synthetic"``.
+        lengths, target_lengths: valid samples per row of padded (B, T) tensors.
+        checkpoint: a local weight file (official format) instead of the download.
+        device: where to run (default: the device of ``preds``).
+    """
+    name = _card_name("ref", domain, "scoreq_ref")
+    card = hub.get_card(name)
+    dev = torch.device(device) if device is not None else functional.device_of(preds)
+    model = functional.get_model(name, checkpoint, device=dev)
+    clips = audio.prepare(preds, fs, card.sample_rate, lengths, min_seconds=card.min_seconds, arg="preds")
+    refs = audio.prepare(target, fs, card.sample_rate, target_lengths, min_seconds=card.min_seconds, arg="target")
+    if len(refs) != len(clips):
+        raise audio.AudioError(
+            f"{len(clips)} clips in preds but {len(refs)} in target; scoreq_ref pairs preds[b] with target[b]."
+        )
+    return model.distance(clips, refs)
