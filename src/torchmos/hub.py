@@ -436,7 +436,7 @@ for _mode, _domain, _file, _summary in [
             higher_is_better=_mode == "nr",
             score_range=(1.0, 5.0) if _mode == "nr" else (0.0, 2.0),
             min_seconds=0.1,
-            licence="see the authors' Zenodo record 13860326 and repository (alessandroragano/scoreq)",
+            licence="code: MIT (alessandroragano/scoreq); weights: Zenodo record 13860326 (check its licence)",
             citation=_SCOREQ_CITATION,
             homepage="https://github.com/alessandroragano/scoreq",
             options={"mode": _mode},

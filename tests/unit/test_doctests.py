@@ -18,6 +18,7 @@ MODULES = [
     "torchmos.models.distillmos",
     "torchmos.metrics.distillmos",
     "torchmos.models.vqscore",
+    "torchmos.models.scoreq",
     "torchmos.metrics.scoreq",
     "torchmos.metrics.vqscore",
     "torchmos.training.data",
