@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -24,31 +23,9 @@ import warnings
 from pathlib import Path
 
 import torch
+from common import corpus, real_speech
 
-from torchmos import audio, synth
 from torchmos.models.distillmos import DistillMOSModel, bf16_supported
-
-SPEECH = Path(os.environ.get("TORCHMOS_SPEECH_DATA", Path(__file__).resolve().parents[2] / "shared/data/speech"))
-
-
-def corpus(n: int, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    kinds = list(synth.DEGRADATIONS)
-    out = []
-    for i in range(n):
-        sec = 3.0 + 17.0 * float(torch.rand(1, generator=g))
-        out.append(synth.degrade(synth.speech_like(sec, 16000, seed=seed + i), 16000, kinds[i % len(kinds)], seed=i))
-    return out
-
-
-def real_speech() -> list[torch.Tensor]:
-    if not SPEECH.is_dir():
-        return []
-    clips = []
-    for f in sorted(SPEECH.glob("*.wav")):
-        x, sr = audio.read(f)
-        clips.append(audio.resample(x, sr, 16000))
-    return clips
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import tempfile
@@ -31,31 +30,9 @@ import warnings
 from pathlib import Path
 
 import torch
+from common import corpus, real_speech
 
-from torchmos import audio, synth
 from torchmos.models.scoreq import HOP, ScoreqModel
-
-SPEECH = Path(os.environ.get("TORCHMOS_SPEECH_DATA", Path(__file__).resolve().parents[2] / "shared/data/speech"))
-
-
-def corpus(n: int, seed: int = 0, lo: float = 2.0, hi: float = 15.0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    kinds = list(synth.DEGRADATIONS)
-    out = []
-    for i in range(n):
-        sec = lo + (hi - lo) * float(torch.rand(1, generator=g))
-        out.append(synth.degrade(synth.speech_like(sec, 16000, seed=seed + i), 16000, kinds[i % len(kinds)], seed=i))
-    return out
-
-
-def real_speech() -> list[torch.Tensor]:
-    if not SPEECH.is_dir():
-        return []
-    clips = []
-    for f in sorted(SPEECH.glob("*.wav")):
-        x, sr = audio.read(f)
-        clips.append(audio.resample(x, sr, 16000))
-    return clips
 
 
 def port_model(path: Path, seed: int = 0):
@@ -105,7 +82,7 @@ def main() -> None:
         "torchmos fp32, whole list in one call": lambda xs: fp32(xs).tolist(),
         "torchmos bf16 autocast, file by file": lambda xs: [float(bf16([x])) for x in xs],
     }
-    clips = corpus(args.clips)
+    clips = corpus(args.clips, lo=2.0, hi=15.0)
     real = real_speech()
     audio_s = sum(x.shape[0] for x in clips) / 16000
     times: dict[str, list[float]] = {k: [] for k in methods}

@@ -236,8 +236,8 @@ def test_python_entry_point_split_and_merge(tmp_path, capsys):
 
 def test_reference_model_pairs_utterances_by_id(datadir, tmp_path):
     """--reference with a reference model (a tiny random-weight SCOREQ in the official format)."""
-    scoreq = pytest.importorskip("torchmos.models.scoreq", reason="needs the SCOREQ model")
     from torchmos.metrics.scoreq import ScoreqRef
+    from torchmos.models import scoreq
 
     tiny = dict(num_hidden_layers=1, hidden_size=48, num_attention_heads=2, intermediate_size=96,
                 num_conv_pos_embedding_groups=2, conv_dim=(32,) * 7)

@@ -149,8 +149,8 @@ def test_recipe_end_to_end(tmp_path):
 
 def test_reference_model_with_refs_and_ref_lens(clips, tmp_path):
     """A reference model (tiny random-weight SCOREQ, official format) gets refs= with their lens."""
-    scoreq = pytest.importorskip("torchmos.models.scoreq", reason="needs the SCOREQ model")
     from torchmos.metrics.scoreq import ScoreqRef
+    from torchmos.models import scoreq
 
     tiny = dict(num_hidden_layers=1, hidden_size=48, num_attention_heads=2, intermediate_size=96,
                 num_conv_pos_embedding_groups=2, conv_dim=(32,) * 7)

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("transformers", reason="MSR-UTMOS needs transformers")
 
 import torchmos  # noqa: E402
-from torchmos import audio, hub, models, synth  # noqa: E402
+from torchmos import audio, hub, models, synth, training  # noqa: E402
 from torchmos.metrics.msr_utmos import MsrUtmos, msr_utmos  # noqa: E402
 from torchmos.models.msr_utmos import (  # noqa: E402
     MsrUtmosModel,
@@ -331,7 +331,7 @@ def test_mos_fine_tuning_ranks_held_out_clips_at_mixed_rates(tmp_path):
     model = MsrUtmosModel.from_pretrained(checkpoint=out / "model.pt")
     held = [labelled_clip(i) for i in range(42, 60)]
     preds = [float(model([y], fs)[0]) for y, fs, _ in held]
-    rho = sfi_distill.spearman(preds, [m for _, _, m in held])
+    rho = training.spearman(preds, [m for _, _, m in held])
     gaps = [abs(float(model([y], 48000)[0]) - float(model([audio.resample(y, 48000, 16000)], 16000)[0]))
             for y, fs, _ in held if fs == 48000]
     spread = max(preds) - min(preds)

@@ -121,8 +121,8 @@ class ScoreqRef(MOSMetric):
         domain: ``"natural"`` (codecs, VoIP, enhancement) or ``"synthetic"`` (TTS, VC).
         fs: sample rate of the audio passed to :meth:`update` and of tensor ``references``.
         references: the non-matching reference set (see above); ``None`` for full reference.
-        checkpoint, sha256, chunk_seconds, precision, per_utterance, backbone_config,
-            kwargs: as in :class:`ScoreqNR`.
+        others: ``checkpoint``, ``sha256``, ``chunk_seconds``, ``precision``,
+            ``per_utterance``, ``backbone_config`` and ``kwargs`` are as in :class:`ScoreqNR`.
 
     Example (random-weight file in the official format; real use omits ``checkpoint=``):
 

@@ -24,6 +24,16 @@ FAMILIES: dict[str, str] = {
 }
 
 
+def require_transformers(who: str) -> Any:
+    """``import transformers``, or an ImportError saying which predictor needs it."""
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(f"{who} needs the 'transformers' package (its SSL backbone): "
+                          "pip install 'transformers>=4.40'") from e
+    return transformers
+
+
 def load(name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
          **kwargs: Any) -> nn.Module:
     """Build the predictor of card ``name`` with its weights, in eval mode.

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from .. import hub
 from ..hub import save_atomic
+from . import require_transformers
 from .sfi import SFIConv1d
 
 __all__ = [
@@ -72,17 +73,6 @@ FORMAT_VERSION = 1
 SSL_FAMILY = "sfi-ssl"
 
 CARD = hub.get_card("msr-utmos")
-
-
-def _require_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "MSR-UTMOS needs the 'transformers' package (its wav2vec 2.0 / HuBERT / WavLM "
-            "backbone): pip install 'transformers>=4.40'"
-        ) from e
-    return transformers
 
 
 _DROP_KEYS = {"transformers_version", "id2label", "label2id", "architectures", "_name_or_path",
@@ -114,7 +104,7 @@ def tiny_config(arch: str = "wav2vec2", **overrides: Any) -> dict[str, Any]:
 
 def build_backbone(arch: str, transformers_config: Mapping[str, Any]) -> nn.Module:
     """A freshly initialised transformers model of ``arch`` from a config dict."""
-    transformers = _require_transformers()
+    transformers = require_transformers("MSR-UTMOS")
     if arch not in ARCHS:
         raise ValueError(f"unknown SSL architecture {arch!r}; torchmos supports {', '.join(sorted(ARCHS))}.")
     cfg_cls, model_cls = (getattr(transformers, n) for n in ARCHS[arch])
@@ -137,7 +127,7 @@ def load_teacher(spec: str | os.PathLike | nn.Module, arch: str = "wav2vec2", se
             f"teacher {spec}: not a transformers model directory (no config.json). Give a local "
             "directory written by save_pretrained (e.g. a downloaded facebook/wav2vec2-base), or 'tiny'."
         )
-    transformers = _require_transformers()
+    transformers = require_transformers("MSR-UTMOS")
     model = transformers.AutoModel.from_pretrained(str(path))
     if getattr(model.config, "model_type", None) not in ARCHS:
         raise ValueError(f"teacher {spec}: model type {model.config.model_type!r} is not one of "

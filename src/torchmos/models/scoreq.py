@@ -48,22 +48,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import hub
+from . import require_transformers
 
 __all__ = ["EMBED_DIM", "HOP", "ScoreqModel", "chunk_bounds", "official_key"]
 
 HOP = 320  # total stride of the conv feature encoder, in samples at 16 kHz
 EMBED_DIM = 768
-
-
-def _require_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "SCOREQ models need the 'transformers' package (the wav2vec 2.0 backbone): "
-            "pip install 'transformers>=4.40'"
-        ) from e
-    return transformers
 
 
 def chunk_bounds(length: int, chunk: int | None) -> list[tuple[int, int]]:
@@ -209,7 +199,7 @@ class ScoreqModel(nn.Module):
         super().__init__()
         if mode not in _PREFIXES:
             raise ValueError(f"mode must be 'nr' or 'ref', got {mode!r}.")
-        transformers = _require_transformers()
+        transformers = require_transformers("SCOREQ")
         config = transformers.Wav2Vec2Config(**config_overrides)
         if config.feat_extract_norm != "group" or config.do_stable_layer_norm:
             raise ValueError(

@@ -4,10 +4,13 @@ Each recipe module exposes ``add_arguments(parser)`` and ``run(args) -> int`` an
 mounted by the command line as ``torchmos train <recipe> ...``.
 """
 
+import argparse
 import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 class CsvLog:
@@ -47,3 +50,75 @@ def add_run_arguments(parser, *, seed_help: str, log_every: int, val_every: int,
     r.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     return r
+
+
+class TrainError(ValueError):
+    """A problem with the run's options, data or state; the message says what to do."""
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in vars(args).items():
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(i, (str, int, float, bool)) for i in v):
+            out[k] = list(v)
+    return out
+
+
+def check_resumable(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str], out: Path) -> None:
+    for key in keys:
+        if key in old and old[key] != new.get(key):
+            raise TrainError(
+                f"--{key.replace('_', '-')} was {old[key]!r} in the run being resumed ({out}) and is "
+                f"{new.get(key)!r} now; resume with the same value, or start a new run (--overwrite or another --out)."
+            )
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The resumable state in ``out`` (with ``--resume``), else None; refuses to clobber a run."""
+    last = out / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise TrainError(f"--resume: {last} does not exist; start the run without --resume.")
+        return torch.load(last, map_location="cpu", weights_only=True)
+    if last.is_file() and not overwrite:
+        raise TrainError(f"{out} already holds a run ({last}); pass --resume to continue it or --overwrite "
+                         "to start afresh.")
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _rank(x: torch.Tensor) -> torch.Tensor:
+    """Ranks (1-based) with ties given their average rank."""
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
+    values, inverse = torch.unique(x, return_inverse=True)
+    if len(values) < len(x):  # average the ranks of tied values
+        sums = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, ranks)
+        counts = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, torch.ones_like(x))
+        ranks = (sums / counts)[inverse]
+    return ranks
+
+
+def pearson(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
+    """Pearson correlation (nan when either side is constant)."""
+    x = torch.as_tensor(a, dtype=torch.float64).flatten()
+    y = torch.as_tensor(b, dtype=torch.float64).flatten()
+    x, y = x - x.mean(), y - y.mean()
+    den = float(x.norm() * y.norm())
+    return float((x * y).sum()) / den if den > 0 else float("nan")
+
+
+def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    x = torch.as_tensor(a, dtype=torch.float64).flatten()
+    y = torch.as_tensor(b, dtype=torch.float64).flatten()
+    return pearson(_rank(x), _rank(y))

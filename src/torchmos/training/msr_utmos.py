@@ -58,20 +58,18 @@ from ..models.msr_utmos import (
     load_ssl,
     load_teacher,
 )
-from . import CsvLog, add_run_arguments
-from .sfi_distill import (
+from . import (
+    CsvLog,
     TrainError,
-    _StepSampler,
+    add_run_arguments,
     check_resumable,
-    crop,
-    durations,
     pearson,
     pick_device,
     plain_args,
     prepare_out,
-    seed_of,
     spearman,
 )
+from .sfi_distill import _StepSampler, crop, durations, seed_of
 
 __all__ = ["Row", "TrainError", "add_arguments", "read_csv", "run"]
 

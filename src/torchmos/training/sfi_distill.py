@@ -50,7 +50,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .. import audio
 from ..hub import save_atomic
 from ..models.msr_utmos import SFISSLModel, load_teacher
-from . import CsvLog, add_run_arguments
+from . import (
+    CsvLog,
+    TrainError,
+    add_run_arguments,
+    check_resumable,
+    pick_device,
+    plain_args,
+    prepare_out,
+)
 
 __all__ = ["TrainError", "add_arguments", "run"]
 
@@ -60,10 +68,6 @@ FIXED_ON_RESUME = ["teacher", "teacher_arch", "audio", "batch_size", "crop_secon
                    "filter", "design", "n_freq", "init"]
 
 
-class TrainError(ValueError):
-    """A problem with the run's options, data or state; the message says what to do."""
-
-
 # ----------------------------------------------------------------------------- shared helpers
 
 
@@ -71,45 +75,6 @@ def seed_of(*parts: Any) -> int:
     """A 63-bit seed derived from (seed, stream, index...), stable across runs and machines."""
     h = hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()
     return int(h[:15], 16)
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def plain_args(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in vars(args).items():
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(i, (str, int, float, bool)) for i in v):
-            out[k] = list(v)
-    return out
-
-
-def check_resumable(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str], out: Path) -> None:
-    for key in keys:
-        if key in old and old[key] != new.get(key):
-            raise TrainError(
-                f"--{key.replace('_', '-')} was {old[key]!r} in the run being resumed ({out}) and is "
-                f"{new.get(key)!r} now; resume with the same value, or start a new run (--overwrite or another --out)."
-            )
-
-
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """The resumable state in ``out`` (with ``--resume``), else None; refuses to clobber a run."""
-    last = out / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise TrainError(f"--resume: {last} does not exist; start the run without --resume.")
-        return torch.load(last, map_location="cpu", weights_only=True)
-    if last.is_file() and not overwrite:
-        raise TrainError(f"{out} already holds a run ({last}); pass --resume to continue it or --overwrite "
-                         "to start afresh.")
-    out.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 def durations(entries: Sequence[audio.AudioEntry]) -> list[tuple[float, int]]:
@@ -178,30 +143,6 @@ class _StepSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    def ranks(v: Sequence[float]) -> torch.Tensor:
-        x = torch.as_tensor(v, dtype=torch.float64)
-        order = torch.argsort(x, stable=True)
-        r = torch.empty_like(x)
-        r[order] = torch.arange(1, len(x) + 1, dtype=torch.float64)
-        vals, inv = torch.unique(x, return_inverse=True)
-        if len(vals) < len(x):
-            s = torch.zeros(len(vals), dtype=torch.float64).index_add_(0, inv, r)
-            c = torch.zeros(len(vals), dtype=torch.float64).index_add_(0, inv, torch.ones_like(r))
-            r = (s / c)[inv]
-        return r
-    return pearson(ranks(a), ranks(b))
-
-
-def pearson(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    x = torch.as_tensor(a, dtype=torch.float64).flatten()
-    y = torch.as_tensor(b, dtype=torch.float64).flatten()
-    x, y = x - x.mean(), y - y.mean()
-    den = float(x.norm() * y.norm())
-    return float((x * y).sum()) / den if den > 0 else float("nan")
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .. import audio, hub
 from ..hub import save_atomic
 from ..models.vqscore import VQScoreModel, frame_cosine
-from . import CsvLog, add_run_arguments
+from . import CsvLog, TrainError, add_run_arguments, pearson, pick_device, plain_args, spearman
 
 __all__ = ["TrainError", "add_arguments", "apply_gain", "pearson", "read_labels", "run", "spearman"]
 
@@ -64,10 +64,6 @@ COLUMNS = ["step", "time_s", "lr", "loss", "commit", "recon_cos", "usage_perplex
            "val_recon_cos", "val_perplexity", "val_codes_used", "val_pearson", "val_spearman", "val_n"]
 # options that must not change when a run is resumed (they decide the batches or the model)
 FIXED_ON_RESUME = ["clean", "batch_size", "crop_seconds", "gain_min", "gain_max", "seed"]
-
-
-class TrainError(ValueError):
-    """A problem with the run's options, data or state; the message says what to do."""
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -125,35 +121,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- statistics
-
-
-def _rank(x: torch.Tensor) -> torch.Tensor:
-    """Ranks (1-based) with ties given their average rank."""
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
-    values, inverse = torch.unique(x, return_inverse=True)
-    if len(values) < len(x):  # average the ranks of tied values
-        sums = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, ranks)
-        counts = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, torch.ones_like(x))
-        ranks = (sums / counts)[inverse]
-    return ranks
-
-
-def pearson(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    """Pearson correlation (nan when either side is constant)."""
-    x = torch.as_tensor(a, dtype=torch.float64).flatten()
-    y = torch.as_tensor(b, dtype=torch.float64).flatten()
-    x, y = x - x.mean(), y - y.mean()
-    den = float(x.norm() * y.norm())
-    return float((x * y).sum()) / den if den > 0 else float("nan")
-
-
-def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    x = torch.as_tensor(a, dtype=torch.float64).flatten()
-    y = torch.as_tensor(b, dtype=torch.float64).flatten()
-    return pearson(_rank(x), _rank(y))
 
 
 def _perplexity(counts: torch.Tensor) -> float:
@@ -289,27 +256,11 @@ class _Crops(Dataset):
 # ----------------------------------------------------------------------------- the recipe
 
 
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def _plain_args(args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
-    for k, v in vars(args).items():
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(i, (str, int, float, bool)) for i in v):
-            out[k] = list(v)
-    return out
-
-
 class _Recipe:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.out = Path(args.out)
-        self.device = _device(args.device)
+        self.device = pick_device(args.device)
         for name in ("steps", "batch_size", "valid_max_files", "kmeans_iters", "codebook_size", "codebook_dim"):
             if getattr(args, name) < 1:
                 raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
@@ -339,7 +290,7 @@ class _Recipe:
         old = state.get("args", {})
         for key in FIXED_ON_RESUME + (["init"] if old.get("init") else
                                       ["codebook_size", "codebook_dim", "channels"]):
-            new = _plain_args(self.args).get(key)
+            new = plain_args(self.args).get(key)
             if key in old and old[key] != new:
                 raise TrainError(
                     f"--{key.replace('_', '-')} was {old[key]!r} in the run being resumed ({self.out}) "
@@ -368,7 +319,7 @@ class _Recipe:
             "best": best,
             "elapsed": elapsed,
             "n_files": n_files,
-            "args": _plain_args(self.args),
+            "args": plain_args(self.args),
             "config": dict(model.config),
         }
         save_atomic(ckpt, self.out / "last.pt")
@@ -453,7 +404,7 @@ class _Recipe:
             for group in opt.param_groups:  # the options given now win (lr schedules by hand)
                 group.update(lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
             start, best, elapsed0 = int(state["step"]), float(state["best"]), float(state["elapsed"])
-        (self.out / "args.json").write_text(json.dumps(_plain_args(a), indent=2, default=str) + "\n")
+        (self.out / "args.json").write_text(json.dumps(plain_args(a), indent=2, default=str) + "\n")
         log = CsvLog(self.out / "metrics.csv", COLUMNS, keep_until=start if state is not None else None)
 
         loader = DataLoader(_Crops(entries, crop), batch_sampler=_PlanSampler(plan, start, a.steps),
