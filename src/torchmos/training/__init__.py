@@ -122,3 +122,16 @@ def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tenso
     x = torch.as_tensor(a, dtype=torch.float64).flatten()
     y = torch.as_tensor(b, dtype=torch.float64).flatten()
     return pearson(_rank(x), _rank(y))
+
+
+def start_run(args: argparse.Namespace, out: Path, version: int, fixed_on_resume: Sequence[str]) -> dict[str, Any] | None:
+    """Apply ``--threads`` and open ``out``: the state to resume (checked against its format
+    ``version`` and the options that may not change), or None for a fresh run."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    state = prepare_out(out, args.resume, args.overwrite)
+    if state is not None:
+        if state.get("version") != version:
+            raise TrainError(f"{out / 'last.pt'}: state version {state.get('version')!r}, expected {version}.")
+        check_resumable(state["args"], plain_args(args), fixed_on_resume, out)
+    return state

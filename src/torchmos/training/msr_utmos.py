@@ -62,12 +62,11 @@ from . import (
     CsvLog,
     TrainError,
     add_run_arguments,
-    check_resumable,
     pearson,
     pick_device,
     plain_args,
-    prepare_out,
     spearman,
+    start_run,
 )
 from .sfi_distill import _StepSampler, crop, durations, seed_of
 
@@ -277,13 +276,7 @@ class _FineTune:
 
     def fit(self) -> int:
         a = self.args
-        if a.threads:
-            torch.set_num_threads(a.threads)
-        state = prepare_out(self.out, a.resume, a.overwrite)
-        if state is not None:
-            if state.get("version") != STATE_VERSION:
-                raise TrainError(f"{self.out / 'last.pt'}: state version {state.get('version')!r}, expected {STATE_VERSION}.")
-            check_resumable(state["args"], plain_args(a), FIXED_ON_RESUME, self.out)
+        state = start_run(a, self.out, STATE_VERSION, FIXED_ON_RESUME)
         rows = read_csv(a.train)
         lengths = durations([r.entry for r in rows])
         self.valid_rows = read_csv(a.valid) if a.valid else []

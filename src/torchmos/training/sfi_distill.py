@@ -54,10 +54,9 @@ from . import (
     CsvLog,
     TrainError,
     add_run_arguments,
-    check_resumable,
     pick_device,
     plain_args,
-    prepare_out,
+    start_run,
 )
 
 __all__ = ["TrainError", "add_arguments", "run"]
@@ -283,13 +282,7 @@ class _Distill:
 
     def fit(self) -> int:
         a = self.args
-        if a.threads:
-            torch.set_num_threads(a.threads)
-        state = prepare_out(self.out, a.resume, a.overwrite)
-        if state is not None:
-            if state.get("version") != STATE_VERSION:
-                raise TrainError(f"{self.out / 'last.pt'}: state version {state.get('version')!r}, expected {STATE_VERSION}.")
-            check_resumable(state["args"], plain_args(a), FIXED_ON_RESUME, self.out)
+        state = start_run(a, self.out, STATE_VERSION, FIXED_ON_RESUME)
         entries = audio.find_audio(a.audio)
         if not entries:
             raise TrainError(f"--audio {' '.join(a.audio)}: no audio files found.")
