@@ -2,11 +2,15 @@
 
 Writes ``docs/_static/sfi_response.png``: one latent analog filter of an SFI convolution
 (the geometry of wav2vec 2.0's first layer: 10 taps, stride 5 at 16 kHz) realised as
-digital kernels at 8, 16 and 48 kHz. Fast (a second or two) and headless (Agg).
+digital kernels at 8, 16 and 48 kHz; and ``docs/_static/scoreq_loss.png`` from the results
+of ``benchmarks/bench_scoreq_loss.py`` (``benchmarks/results/scoreq_loss.json``), skipped
+with a message when that file is absent (the benchmark takes many minutes; the build
+never runs it). Fast (a second or two) and headless (Agg).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -63,8 +67,62 @@ def sfi_response(path: Path) -> None:
     plt.close(fig)
 
 
+METHOD_STYLE = {"scoreq": ("tab:blue", "SCOREQ triplet loss (+ MSE head)"),
+                "l2": ("tab:orange", "L2 (MSE end to end)"),
+                "untrained": ("tab:gray", "control: untrained encoder (+ MSE head)")}
+
+
+def scoreq_loss(results: Path, path: Path, metric: str = "pearson") -> bool:
+    """Grouped bars of the no-reference ``metric`` (pearson or spearman) per held-out
+    degradation kind, SCOREQ loss vs L2 (and the untrained control when present): on the
+    unseen kind (left) and in domain (right); error bars one standard deviation over seeds,
+    dots the seeds. Returns False (and writes nothing) when ``results`` is absent."""
+    if not results.is_file():
+        print(f"make_figures: {results} not found, skipping {path.name} "
+              "(run benchmarks/bench_scoreq_loss.py --json to make it)")
+        return False
+    data = json.loads(results.read_text())
+    info, rows, runs = data["info"], data["rows"], data.get("runs", [])
+    kinds = list(dict.fromkeys(r["held_out"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    methods = [m for m in METHOD_STYLE if any(r["method"] == m for r in rows)]
+    width = 0.8 / len(methods)
+    for ax, split, title in ((axes[0], "unseen", "held-out kind (unseen in training)"),
+                             (axes[1], "indomain", "seen kinds (in domain)")):
+        m = f"{split}_{metric}"
+        for j, method in enumerate(methods):
+            colour, label = METHOD_STYLE[method]
+            xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(kinds))]
+            mine = [next(r for r in rows if r["held_out"] == k and r["method"] == method) for k in kinds]
+            ax.bar(xs, [r[m] for r in mine], width, color=colour, alpha=0.85, label=label,
+                   yerr=[r[m + "_std"] for r in mine] if info["seeds"] > 1 else None, capsize=3)
+            if info["seeds"] > 1:
+                for x, k in zip(xs, kinds):
+                    if k != "all":
+                        v = [r[m] for r in runs if r["held_out"] == k and r["method"] == method]
+                        ax.plot([x] * len(v), v, "k.", ms=4)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(kinds)), ["mean" if k == "all" else k for k in kinds])
+        ax.set(title=title, xlabel="held-out degradation kind")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"{metric.capitalize()} correlation of predicted MOS")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(methods), fontsize=8, frameon=False)
+    spread = f", mean ± std over {info['seeds']} seeds" if info["seeds"] > 1 else ", 1 seed"
+    if info.get("quick"):
+        spread += " (--quick smoke setting: not a result)"
+    fig.suptitle(f"SCOREQ loss vs L2 on synthetic speech: train on 3 degradation kinds ({info['train_clips']} clips), "
+                 f"test on the 4th{spread}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main() -> int:
     sfi_response(HERE / "_static" / "sfi_response.png")
+    scoreq_loss(HERE.parent / "benchmarks" / "results" / "scoreq_loss.json", HERE / "_static" / "scoreq_loss.png")
     return 0
 
 

@@ -35,6 +35,7 @@ RECIPES: dict[str, str] = {
     "vqscore": "torchmos.training.vqscore",
     "sfi-distill": "torchmos.training.sfi_distill",
     "msr-utmos": "torchmos.training.msr_utmos",
+    "scoreq": "torchmos.training.scoreq",
 }
 
 FIELDS = ["id", "path", "model", "score", "duration_s", "sample_rate"]

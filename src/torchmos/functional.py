@@ -20,15 +20,22 @@ __all__ = ["distillmos", "get_model", "msr_utmos", "score", "scoreq_nr", "scoreq
 
 @functools.lru_cache(maxsize=8)
 def _cached(name: str, checkpoint: str | None, sha256: str | None, device: str,
-            options: tuple[tuple[str, Any], ...]) -> nn.Module:
+            options: tuple[tuple[str, Any], ...], stamp: tuple[int, int] | None) -> nn.Module:
     return models.load(name, checkpoint=checkpoint, sha256=sha256, **dict(options)).to(device)
 
 
 def get_model(name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
               device: str | torch.device = "cpu", **options: Any) -> nn.Module:
-    """The cached predictor ``name`` on ``device`` (loaded on first use)."""
+    """The cached predictor ``name`` on ``device`` (loaded on first use).
+
+    A local ``checkpoint`` is cached by path, size and modification time, so a file
+    rewritten in place (a model retrained into the same folder) is loaded afresh."""
     ckpt = os.fspath(checkpoint) if checkpoint is not None else None
-    return _cached(name, ckpt, sha256, str(torch.device(device)), tuple(sorted(options.items())))
+    stamp = None
+    if ckpt is not None and os.path.isfile(ckpt):
+        st = os.stat(ckpt)
+        stamp = (st.st_size, st.st_mtime_ns)
+    return _cached(name, ckpt, sha256, str(torch.device(device)), tuple(sorted(options.items())), stamp)
 
 
 def device_of(preds: Any) -> torch.device:

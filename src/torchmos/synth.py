@@ -13,12 +13,17 @@ moving pitch, vowel formants, fricative bursts, pauses between words, a little r
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torchaudio
 
-__all__ = ["DEGRADATIONS", "add_noise", "clip", "degrade", "dropouts", "lowpass", "speech_like"]
+__all__ = ["CLEAN_MOS", "DEGRADATIONS", "MOS_MODEL", "add_noise", "apply_kind", "clip", "degrade", "dropouts", "labelled_set",
+           "lowpass", "speech_like"]
 
 # F1-F4 (Hz) of the vowels a, i, u, e, o, schwa, and the formant bandwidths
 _VOWELS = [[730, 1090, 2440, 3400], [270, 2290, 3010, 3700], [300, 870, 2240, 3300],
@@ -144,3 +149,68 @@ def degrade(x: torch.Tensor, fs: int, kind: str, seed: int = 0) -> torch.Tensor:
     y = fn(x, fs, seed)
     peak = float(y.abs().max())
     return y / peak * 0.99 if peak > 0.99 else y
+
+
+# ----------------------------------------------------------------------------- a labelled set
+
+# kind -> (severity range, MOS as a function of the severity): each decreasing from about
+# 4.5 (barely degraded) to about 1.3 (worst), so MOS is a known, monotonic function of the
+# degradation, comparable across kinds.
+MOS_MODEL: dict[str, tuple[tuple[float, float], Any]] = {
+    "noise": ((35.0, -5.0), lambda snr: 1.0 + 3.5 * (snr + 5.0) / 40.0),  # SNR in dB
+    "clipping": ((0.6, 0.03), lambda c: 1.0 + 3.5 * math.log(c / 0.02) / math.log(30.0)),  # clip level / peak
+    "lowpass": ((1200.0, 150.0), lambda f: 1.0 + 3.5 * math.log(f / 120.0) / math.log(10.0)),  # cutoff, Hz
+    "dropouts": ((0.0, 0.5), lambda r: 4.5 - 3.5 * r / 0.5),  # fraction of 20 ms frames lost
+}
+
+
+def apply_kind(x: torch.Tensor, fs: int, kind: str, severity: float, seed: int = 0) -> torch.Tensor:
+    """Degrade ``x`` by one kind of :data:`MOS_MODEL` at ``severity`` (kept within [-1, 1])."""
+    if kind == "noise":
+        y = add_noise(x, severity, seed=seed)
+    elif kind == "clipping":
+        y = clip(x, severity)
+    elif kind == "lowpass":
+        y = lowpass(x, fs, severity)
+    elif kind == "dropouts":
+        y = dropouts(x, fs, severity, seed=seed)
+    else:
+        raise KeyError(f"unknown degradation kind {kind!r}; known: {', '.join(MOS_MODEL)}")
+    peak = float(y.abs().max())
+    return y / peak * 0.99 if peak > 0.99 else y
+
+
+CLEAN_MOS = 4.5  # the MOS of an undegraded clip in :func:`labelled_set`
+
+
+def labelled_set(folder: str | os.PathLike, n: int, seconds: float = 2.0, fs: int = 16000,
+                 kinds: Sequence[str] = tuple(MOS_MODEL), seed: int = 0, csv_name: str = "mos.csv",
+                 clean_every: int = 0) -> Path:
+    """Write ``n`` degraded speech-like clips and a MOS CSV (``path,mos,condition``) into
+    ``folder``; returns the CSV's path. Each clip has its own signal (seed), a kind of
+    ``kinds`` (in turn) and a severity drawn uniformly from the kind's range; its MOS is
+    :data:`MOS_MODEL`'s function of that severity. With ``clean_every=k``, every k-th clip
+    is left clean (condition ``clean``, MOS :data:`CLEAN_MOS`), as MOS tests include the
+    unprocessed reference condition. For training tests and experiments.
+    """
+    import soundfile as sf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    rows = ["path,mos,condition"]
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        (lo, hi), mos_of = MOS_MODEL[kind]
+        severity = lo + (hi - lo) * float(torch.rand((), generator=g))
+        x = speech_like(seconds, fs, seed=seed * 100_003 + i)
+        if clean_every and i % clean_every == clean_every - 1:
+            kind, mos = "clean", CLEAN_MOS
+        else:
+            x, mos = apply_kind(x, fs, kind, severity, seed=seed + i), mos_of(severity)
+        name = f"{kind}_{i:05d}.wav"
+        sf.write(str(folder / name), x.numpy(), fs, subtype="FLOAT")
+        rows.append(f"{name},{mos:.4f},{kind}")
+    out = folder / csv_name
+    out.write_text("\n".join(rows) + "\n")
+    return out

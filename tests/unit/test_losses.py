@@ -10,18 +10,24 @@ import torch
 from torchmos.losses import L2MOSLoss, ScoreqLoss, batch_all_triplets
 
 
-def brute_force(z: torch.Tensor, y: torch.Tensor, margin, lo: float = 1.0, hi: float = 5.0) -> float:
+def brute_force(z: torch.Tensor, y: torch.Tensor, margin, lo: float = 1.0, hi: float = 5.0,
+                reduction: str = "mean_positive") -> float:
     z, y = z.double(), y.double()
-    total, count = 0.0, 0
+    total, count, valid = 0.0, 0, 0
     for i, j, k in itertools.permutations(range(len(y)), 3):
         gij, gik = abs(float(y[i] - y[j])), abs(float(y[i] - y[k]))
         if not gij < gik:
             continue
         m = (gik - gij) / (hi - lo) if margin == "adaptive" else margin
         val = float(torch.linalg.norm(z[i] - z[j]) - torch.linalg.norm(z[i] - z[k])) + m
+        valid += 1
         if val > 0:
             total += val
             count += 1
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / valid if valid else 0.0
     return total / count if count else 0.0
 
 
@@ -41,6 +47,15 @@ def test_equals_brute_force(margin, seed):
     z, y = batch(seed=seed, ties=seed != 2)
     got = float(ScoreqLoss(margin=margin)(z.double(), y.double()))
     assert got == pytest.approx(brute_force(z, y, margin), abs=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_other_reductions_equal_brute_force(reduction):
+    z, y = batch(seed=5)
+    got = float(ScoreqLoss(margin="adaptive", reduction=reduction)(z.double(), y.double()))
+    assert got == pytest.approx(brute_force(z, y, "adaptive", reduction=reduction), abs=1e-6)
+    with pytest.raises(ValueError, match="reduction must be"):
+        ScoreqLoss(reduction="max")
 
 
 def test_other_scale_range():

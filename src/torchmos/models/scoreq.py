@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from .. import hub
 from . import require_transformers
 
-__all__ = ["EMBED_DIM", "HOP", "ScoreqModel", "chunk_bounds", "official_key"]
+__all__ = ["EMBED_DIM", "HOP", "ScoreqModel", "chunk_bounds", "infer_config", "official_key"]
 
 HOP = 320  # total stride of the conv feature encoder, in samples at 16 kHz
 EMBED_DIM = 768
@@ -143,6 +143,48 @@ def official_key(key: str, mode: str) -> str:
     if key.startswith("mos_layer.") and mode == "nr":
         return key
     raise KeyError(f"no official name for key {key!r} in mode {mode!r}")
+
+
+def infer_config(sd: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """``Wav2Vec2Config`` fields of the encoder in an official-layout SCOREQ state_dict,
+    read from its tensor shapes (the files carry no config): layers, hidden size, FFN size,
+    conv channels and kernels, positional conv kernel and groups. The number of attention
+    heads is not visible in the shapes; it is ``hidden_size // 64`` (wav2vec 2.0's 64-wide
+    heads: 12 for BASE), which is what ``torchmos train scoreq --hidden`` builds.
+
+    Returns ``{}`` for a file without the encoder keys (the strict load then names what is
+    missing).
+
+    >>> m = ScoreqModel("ref", num_hidden_layers=1, hidden_size=64, num_attention_heads=1,
+    ...                 intermediate_size=96, num_conv_pos_embedding_groups=2, conv_dim=(32,) * 7)
+    >>> cfg = infer_config(m.to_official_state_dict(), "ref")
+    >>> cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["conv_dim"][0]
+    (1, 64, 96, 32)
+    """
+    pre = _PREFIXES[mode][0]
+    proj = sd.get(pre + "post_extract_proj.weight")
+    pos = sd.get(pre + "encoder.pos_conv.0.weight_v", sd.get(pre + "encoder.pos_conv.0.parametrizations.weight.original1"))
+    if not isinstance(proj, Tensor) or not isinstance(pos, Tensor):
+        return {}
+    convs = []
+    while isinstance(sd.get(f"{pre}feature_extractor.conv_layers.{len(convs)}.0.weight"), Tensor):
+        convs.append(sd[f"{pre}feature_extractor.conv_layers.{len(convs)}.0.weight"])
+    layers = {int(m.group(1)) for k in sd if (m := re.match(re.escape(pre) + r"encoder\.layers\.(\d+)\.", k))}
+    fc1 = sd.get(pre + "encoder.layers.0.fc1.weight")
+    hidden = int(proj.shape[0])
+    cfg: dict[str, Any] = {
+        "hidden_size": hidden,
+        "num_attention_heads": max(1, hidden // 64),
+        "num_hidden_layers": len(layers),
+        "num_conv_pos_embeddings": int(pos.shape[2]),
+        "num_conv_pos_embedding_groups": hidden // int(pos.shape[1]),
+    }
+    if convs:
+        cfg["conv_dim"] = tuple(int(w.shape[0]) for w in convs)
+        cfg["conv_kernel"] = tuple(int(w.shape[2]) for w in convs)
+    if isinstance(fc1, Tensor):
+        cfg["intermediate_size"] = int(fc1.shape[0])
+    return cfg
 
 
 def _adjacent(tensors: Sequence[Tensor]) -> bool:
@@ -266,10 +308,14 @@ class ScoreqModel(nn.Module):
     ) -> ScoreqModel:
         """Build the model and load an official SCOREQ file (the card's, or ``checkpoint=``).
 
-        ``config_overrides`` may also hold ``max_batch_seconds`` and ``precision``.
+        The encoder's architecture is read from the file's shapes (:func:`infer_config`),
+        so smaller models trained with ``torchmos train scoreq --layers/--hidden`` load too;
+        ``config_overrides`` win over what is inferred, and may also hold
+        ``max_batch_seconds`` and ``precision``.
         """
         path = hub.resolve(card, checkpoint=checkpoint, sha256=sha256)
         sd = hub.load_checkpoint(path)
+        config_overrides = {**infer_config(sd, mode), **config_overrides}
         # Skip the random initialisation of ~95 M parameters: build on the meta device,
         # allocate, then fill every tensor from the file (the load is strict).
         with torch.device("meta"):
@@ -279,7 +325,7 @@ class ScoreqModel(nn.Module):
         return model.eval()
 
     def convert_official_state_dict(self, sd: Mapping[str, Tensor], mode: str | None = None,
-                                    source: str = "checkpoint") -> dict[str, Tensor]:
+                                    source: str = "checkpoint", encoder_only: bool = False) -> dict[str, Tensor]:
         """Rename an official SCOREQ state_dict (fairseq names) to this module's names.
 
         Strict: every key this model needs must be present with its shape, and no key may be
@@ -292,6 +338,8 @@ class ScoreqModel(nn.Module):
             sd: the flat official state_dict (``pt_model.ssl_model.*`` + ``mos_layer.*`` for
                 NR files, ``ssl_model.*`` for REF files).
             mode: ``"nr"`` or ``"ref"`` (default: this model's).
+            encoder_only: the file holds the encoder alone (a pre-trained wav2vec 2.0 under
+                the mode's prefix); the heads keep this model's current values.
             source: how to name the file in errors.
         """
         mode = mode or self.mode
@@ -313,6 +361,9 @@ class ScoreqModel(nn.Module):
         out: dict[str, Tensor] = {}
         used: set[str] = set()
         for key, ref in own.items():
+            if encoder_only and not key.startswith("backbone."):
+                out[key] = ref
+                continue
             name = official_key(key, mode)
             found = name if name in sd else None
             alias = _WEIGHT_NORM_ALIASES.get(name[len(ssl_prefix):]) if name.startswith(ssl_prefix) else None
@@ -347,9 +398,9 @@ class ScoreqModel(nn.Module):
         to get a file :meth:`from_pretrained` loads."""
         return {official_key(k, self.mode): v.detach().clone() for k, v in self.state_dict().items()}
 
-    def load_official(self, sd: Mapping[str, Tensor], source: str = "checkpoint") -> None:
+    def load_official(self, sd: Mapping[str, Tensor], source: str = "checkpoint", encoder_only: bool = False) -> None:
         """Load an official state_dict strictly (see :meth:`convert_official_state_dict`)."""
-        converted = self.convert_official_state_dict(sd, source=source)
+        converted = self.convert_official_state_dict(sd, source=source, encoder_only=encoder_only)
         self.load_state_dict(converted, strict=True)
 
     # -- inference -------------------------------------------------------------------
@@ -584,6 +635,41 @@ class ScoreqModel(nn.Module):
             sums.index_add_(0, own, out.sum(1).double())
             counts.index_add_(0, own, frames.double())
         return (sums / counts[:, None]).float()
+
+    def train_pooled(self, clips: Sequence[Tensor], train_cnn: bool = False) -> Tensor:
+        """(B, D) pooled embeddings (before normalisation) with gradients, for fine-tuning.
+
+        The conv feature encoder is frozen (unless ``train_cnn``): it runs without
+        gradients, each clip with its own GroupNorm statistics (clips of equal length share
+        one call). The feature
+        projection and the transformer run as ``transformers`` modules (so dropout and
+        LayerDrop apply in training mode) on the clips padded to the longest, with the
+        padding masked out of attention and zeroed before the positional convolution,
+        and the mean pooling counts each clip's own frames. In eval mode this is the
+        computation of :meth:`pooled` (the same embedding whatever the batch).
+        """
+        if isinstance(clips, Tensor):
+            clips = [clips] if clips.dim() == 1 else list(clips.unbind(0))
+        device = self.device
+        feats: list[Tensor | None] = [None] * len(clips)
+        groups: dict[int, list[int]] = {}
+        for b, c in enumerate(clips):
+            if not isinstance(c, Tensor) or c.dim() != 1 or c.shape[0] <= HOP:
+                raise ValueError(f"clip {b}: expected a 1-D tensor of more than {HOP} samples at 16 kHz.")
+            groups.setdefault(c.shape[0] + (-c.shape[0] % HOP), []).append(b)
+        with torch.set_grad_enabled(train_cnn and torch.is_grad_enabled()):
+            for n, idx in groups.items():
+                x = torch.stack([nn.functional.pad(clips[b].float(), (0, n - clips[b].shape[0])) for b in idx])
+                y = self.backbone.feature_extractor(x.to(device)).transpose(1, 2)
+                for k, b in enumerate(idx):
+                    feats[b] = y[k]
+        frames = torch.tensor([f.shape[0] for f in feats], device=device)  # type: ignore[union-attr]
+        feat = nn.utils.rnn.pad_sequence(feats, batch_first=True)  # type: ignore[arg-type]
+        mask = torch.arange(feat.shape[1], device=device) < frames[:, None]
+        hidden, _ = self.backbone.feature_projection(feat)
+        out = self.backbone.encoder(hidden, attention_mask=None if bool(mask.all()) else mask).last_hidden_state
+        out = out.masked_fill(~mask[:, :, None], 0.0)
+        return out.sum(1) / frames[:, None].to(out.dtype)
 
     def embed(self, clips: Sequence[Tensor]) -> Tensor:
         """(B, D) unit-norm embeddings of 16 kHz mono clips (a list of 1-D tensors of any

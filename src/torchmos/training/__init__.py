@@ -14,10 +14,23 @@ import torch
 
 
 class CsvLog:
-    """A CSV log with fixed columns; on resume, rows after the resumed step are dropped."""
+    """A CSV log with fixed columns; on resume, rows after the resumed step are dropped.
 
-    def __init__(self, path: Path, columns: Sequence[str], keep_until: int | None) -> None:
+    With ``tensorboard=<folder>`` and the ``tensorboard`` package installed, every numeric
+    value is also written there as a scalar at the row's ``step`` (resumed runs purge the
+    events after the resumed step)."""
+
+    def __init__(self, path: Path, columns: Sequence[str], keep_until: int | None,
+                 tensorboard: Path | None = None) -> None:
         self.path, self.columns = path, list(columns)
+        self.tb: Any = None
+        if tensorboard is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                pass
+            else:
+                self.tb = SummaryWriter(str(tensorboard), purge_step=None if keep_until is None else keep_until + 1)
         rows: list[dict[str, str]] = []
         if keep_until is not None and path.is_file():
             with open(path, newline="") as f:
@@ -31,11 +44,22 @@ class CsvLog:
         clean = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(clean)
+        if self.tb is not None and "step" in row:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, int(row["step"]))
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
-def add_run_arguments(parser, *, seed_help: str, log_every: int, val_every: int, save_every: int):
+def add_run_arguments(parser, *, seed_help: str, log_every: int, val_every: int, save_every: int,
+                      unit: str = "steps"):
     """The "run" options every recipe shares: seed, device, threads, workers, logging,
-    validation and checkpoint cadence, resume/overwrite, progress bar."""
+    validation and checkpoint cadence (in ``unit``: steps or epochs), resume/overwrite,
+    progress bar."""
     r = parser.add_argument_group("run")
     r.add_argument("--seed", type=int, default=1337, help=f"seed of {seed_help} (default 1337)")
     r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
@@ -43,9 +67,9 @@ def add_run_arguments(parser, *, seed_help: str, log_every: int, val_every: int,
     r.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
     r.add_argument("--log-every", type=int, default=log_every, help=f"log training losses every N steps ({log_every})")
     r.add_argument("--val-every", type=int, default=val_every,
-                   help=f"validate every N steps ({val_every}; also at the end)")
+                   help=f"validate every N {unit} ({val_every}; also at the end)")
     r.add_argument("--save-every", type=int, default=save_every,
-                   help=f"write last.pt every N steps ({save_every}; also at the end)")
+                   help=f"write last.pt every N {unit} ({save_every}; also at the end)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     r.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
