@@ -165,7 +165,13 @@ MOS_MODEL: dict[str, tuple[tuple[float, float], Any]] = {
 
 
 def apply_kind(x: torch.Tensor, fs: int, kind: str, severity: float, seed: int = 0) -> torch.Tensor:
-    """Degrade ``x`` by one kind of :data:`MOS_MODEL` at ``severity`` (kept within [-1, 1])."""
+    """Degrade ``x`` by one kind of :data:`MOS_MODEL` at ``severity`` (kept within [-1, 1]).
+
+    >>> x = speech_like(0.5, 16000, seed=1)
+    >>> y = apply_kind(x, 16000, "noise", 0.0)
+    >>> round(float(10 * torch.log10(x.pow(2).sum() / (y - x).pow(2).sum())), 1)
+    0.0
+    """
     if kind == "noise":
         y = add_noise(x, severity, seed=seed)
     elif kind == "clipping":
@@ -192,6 +198,11 @@ def labelled_set(folder: str | os.PathLike, n: int, seconds: float = 2.0, fs: in
     :data:`MOS_MODEL`'s function of that severity. With ``clean_every=k``, every k-th clip
     is left clean (condition ``clean``, MOS :data:`CLEAN_MOS`), as MOS tests include the
     unprocessed reference condition. For training tests and experiments.
+
+    >>> import tempfile
+    >>> csv = labelled_set(tempfile.mkdtemp(), 4, seconds=0.5, clean_every=4)
+    >>> [line.split(",")[2] for line in csv.read_text().splitlines()[1:]]
+    ['noise', 'clipping', 'lowpass', 'clean']
     """
     import soundfile as sf
 

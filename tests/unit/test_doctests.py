@@ -22,6 +22,7 @@ MODULES = [
     "torchmos.metrics.scoreq",
     "torchmos.metrics.vqscore",
     "torchmos.training.data",
+    "torchmos.training.scoreq",
 ]
 
 

@@ -206,7 +206,12 @@ def _random_config(layers: int | None, hidden: int | None, conv_dim: int | None)
 def build_model(init: str, layers: int | None = None, hidden: int | None = None,
                 conv_dim: int | None = None, seed: int = 0) -> tuple[ScoreqModel, str]:
     """A no-reference :class:`ScoreqModel` (heads included) to train, and a line saying
-    where it came from. See the module docs for what ``init`` may be."""
+    where it came from. See the module docs for what ``init`` may be.
+
+    >>> model, what = build_model("random", layers=1, hidden=64, conv_dim=32)
+    >>> what, model.backbone.config.num_attention_heads
+    ('random encoder (1 layers, width 64)', 1)
+    """
     if layers is not None and layers < 1:
         raise TrainError(f"--layers must be at least 1, got {layers}.")
     with torch.random.fork_rng(devices=[]):
@@ -292,7 +297,14 @@ def _from_transformers(path: Path) -> tuple[ScoreqModel, str]:
 
 
 def save_outputs(model: ScoreqModel, out: Path) -> tuple[Path, Path]:
-    """Write ``nr.pt`` and ``ref.pt`` (official SCOREQ layout) of a trained NR model."""
+    """Write ``nr.pt`` and ``ref.pt`` (official SCOREQ layout) of a trained NR model.
+
+    >>> import tempfile, torch
+    >>> model, _ = build_model("random", layers=1, hidden=64, conv_dim=32)
+    >>> nr, ref = save_outputs(model, Path(tempfile.mkdtemp()))
+    >>> sorted({k.split(".")[0] for k in torch.load(nr)}), sorted({k.split(".")[0] for k in torch.load(ref)})
+    (['mos_layer', 'pt_model'], ['embedding_layer', 'ssl_model'])
+    """
     sd = model.state_dict()
     nr = {official_key(k, "nr"): v.detach().cpu().clone() for k, v in sd.items()}
     ref = {official_key(k, "ref"): v.detach().cpu().clone() for k, v in sd.items() if not k.startswith("mos_layer.")}
@@ -327,22 +339,20 @@ class _EpochBatches(Dataset):
             dur = self.lengths[i][0]
             x, sr = crop(audio.AudioEntry(it.path, it.path), self.where[i] * max(0.0, dur - self.seconds),
                          self.seconds)
-            x = audio.prepare([x], sr, SAMPLE_RATE, names=[it.path], arg="")[0]
-            if x.shape[0] <= HOP:
-                raise audio.AudioError(f"{it.path}: {x.shape[0]} samples at 16 kHz; SCOREQ needs more than {HOP}.")
-            clips.append(x)
+            clips.append(_long_enough(audio.prepare([x], sr, SAMPLE_RATE, names=[it.path], arg="")[0], it.path))
         return clips, torch.tensor([self.items[i].mos for i in self.batches[b]], dtype=torch.float32)
 
 
+def _long_enough(x: Tensor, path: str) -> Tensor:
+    if x.shape[0] <= HOP:
+        raise audio.AudioError(f"{path}: {x.shape[0]} samples at 16 kHz; SCOREQ needs more than {HOP}.")
+    return x
+
+
 def _whole(items: Sequence[MOSItem]) -> list[Tensor]:
+    """Every clip of ``items`` whole, at 16 kHz."""
     data = MOSDataset(items, SAMPLE_RATE, None)
-    clips = []
-    for i, it in enumerate(items):
-        x = data.load(i)[0]
-        if x.shape[0] <= HOP:
-            raise audio.AudioError(f"{it.path}: {x.shape[0]} samples at 16 kHz; SCOREQ needs more than {HOP}.")
-        clips.append(x)
-    return clips
+    return [_long_enough(data.load(i)[0], it.path) for i, it in enumerate(items)]
 
 
 # ----------------------------------------------------------------------------- the recipe
