@@ -1,27 +1,122 @@
-"""One nox session per lane: tests, integrations, lint, typecheck, docs, bench.
+"""One nox session per lane.
 
-    nox -s tests          # the default unit lane (what the README's test command runs)
+    nox -s tests          # the unit lane (what the README's test command runs), on the lock
+    nox -s slow           # the long training tests (also run by .ci/run)
     nox -s integrations   # real SpeechBrain / ESPnet / transformers / Lightning
+    nox -s deps_latest    # the newest versions pyproject.toml allows, unit lane
+    nox -s deps_oldest    # the lowest versions pyproject.toml allows, unit lane
+    nox -s lock           # re-resolve requirements/lock.txt (then run the lanes above)
     nox -s lint typecheck docs bench
+
+The lock file, requirements/lock.txt, is the set the README installs: every package at
+the version seen to load and pass together. pyproject.toml holds the ranges torchmos
+supports; deps_latest and deps_oldest test their two ends, so an upgrade is a one-line
+change in pyproject.toml (or a re-run of ``nox -s lock``) backed by a lane's result.
 """
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
+ROOT = Path(__file__).parent
+LOCK = "requirements/lock.txt"
+# The packages whose newest (and oldest) allowed release the deps lanes install.
+TRACKED = ["torch", "torchaudio", "torchmetrics", "transformers"]
+
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    session.install("-c", LOCK, "-e", ".[test]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def slow(session: nox.Session) -> None:
+    session.install("-c", LOCK, "-e", ".[test]")
+    session.run("python", "-m", "pytest", "-m", "slow", *session.posargs)
 
 
 @nox.session(python="3.11")
 def integrations(session: nox.Session) -> None:
     session.install("pip<26.3")  # pip 26.3 rejects ci_sdr's (an ESPnet dependency) direct-URL extra
-    session.install("-e", ".[test,integrations]")
+    session.install("-c", LOCK, "-e", ".[test,integrations]")
     session.run("python", "-m", "pytest", "tests/integrations", "-ra", *session.posargs)
+
+
+def _report(session: nox.Session, lane: str) -> None:
+    """Print the tracked packages' versions next to the lock's, for the upgrade's evidence."""
+    locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / LOCK).read_text(), flags=re.M))
+    code = ("import importlib.metadata as m, json; "
+            f"print(json.dumps({{p: m.version(p) for p in {TRACKED!r}}}))")
+    out = session.run("python", "-c", code, silent=True) or "{}"
+    import json
+
+    got = json.loads(out.strip().splitlines()[-1])
+    session.log(f"{lane}: " + ", ".join(f"{p} {v} (lock {locked.get(p, '?')})" for p, v in got.items()))
+
+
+@nox.session(python="3.11")
+def deps_latest(session: nox.Session) -> None:
+    """The unit lane on the newest releases that pyproject.toml's ranges allow."""
+    session.install("--upgrade", "--upgrade-strategy", "eager", "-e", ".[test]", *TRACKED)
+    _report(session, "deps_latest")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+def lower_bounds() -> list[str]:
+    """``name==lowest`` for every ``>=`` bound of the project's runtime dependencies."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = []
+    for dep in deps:
+        m = re.match(r"^([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*(.*)$", dep)
+        assert m, dep
+        low = re.search(r">=\s*([^,\s;]+)", m.group(2))
+        exact = re.search(r"==\s*([^,\s;]+)", m.group(2))
+        if low or exact:
+            pins.append(f"{m.group(1)}=={(low or exact).group(1)}")  # type: ignore[union-attr]
+    return pins
+
+
+@nox.session(python="3.11")
+def deps_oldest(session: nox.Session) -> None:
+    """The unit lane on the lowest releases that pyproject.toml's ranges allow.
+
+    pip ignores this machine's own configuration here (``PIP_CONFIG_FILE=/dev/null`` and
+    an empty find-links folder): its local CPU-only wheel of torch 2.13.0 would otherwise
+    stand in for PyPI's torch 2.13.0, the build a user gets."""
+    tmp = Path(session.create_tmp())
+    constraints = tmp / "oldest.txt"
+    constraints.write_text("\n".join(lower_bounds()) + "\n")
+    (tmp / "no-wheels").mkdir(exist_ok=True)
+    env = {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(tmp / "no-wheels")}
+    session.log("lower bounds: " + ", ".join(lower_bounds()))
+    session.install("-c", str(constraints), "-e", ".[test]", env=env)
+    _report(session, "deps_oldest")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lock(session: nox.Session) -> None:
+    """Re-resolve the lock: a fresh environment, the newest allowed set, frozen."""
+    session.install("--upgrade", "-e", ".[test]")
+    frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True) or ""
+    header = ("# The tested set that the README installs (pip install -c requirements/lock.txt ...).\n"
+              "# Made by `nox -s lock` on Linux x86_64, CPython 3.11; see docs/install.md.\n")
+    (ROOT / LOCK).write_text(header + "".join(ln + "\n" for ln in frozen.splitlines()
+                                              if ln and not ln.startswith("#")))
+    session.log(f"wrote {LOCK}: now run nox -s tests slow integrations and commit it with their results")
 
 
 @nox.session(python="3.11")
@@ -32,18 +127,18 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy>=1.8")
+    session.install("-c", LOCK, "-e", ".", "mypy>=1.8")
     session.run("mypy", "--ignore-missing-imports", "src/torchmos")
 
 
 @nox.session(python="3.11")
 def docs(session: nox.Session) -> None:
-    session.install("-e", ".[docs]")
+    session.install("-c", LOCK, "-e", ".[docs]")
     session.run("python", "docs/make_figures.py")
     session.run("sphinx-build", "-b", "html", "-W", "--keep-going", "docs", "docs/_build/html")
 
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    session.install("-c", LOCK, "-e", ".[test]")
     session.run("python", "benchmarks/run_all.py", *session.posargs)

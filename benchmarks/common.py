@@ -32,3 +32,48 @@ def real_speech() -> list[torch.Tensor]:
         x, sr = audio.read(f)
         clips.append(audio.resample(x, sr, 16000))
     return clips
+
+
+def provenance() -> dict[str, object]:
+    """What a results file must say about where it was measured: the commit (and whether
+    the tree was clean), the date, the CPU and its vector extensions, and versions."""
+    import datetime
+    import platform
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    vector = sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    versions = {}
+    for pkg in ("torch", "torchaudio", "torchmetrics", "transformers", "numpy", "distillmos"):
+        try:
+            import importlib.metadata as md
+
+            versions[pkg] = md.version(pkg)
+        except Exception:  # not installed
+            versions[pkg] = None
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "tree_clean": git("status", "--porcelain") == "",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu_vector_extensions": vector,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 
 __all__ = [
     "AudioError",
@@ -135,13 +134,17 @@ def _check_clip(x: torch.Tensor, where: str, fs: int, min_seconds: float) -> Non
 
 
 @functools.lru_cache(maxsize=32)
-def _resampler(orig: int, new: int, dtype: torch.dtype, device: torch.device) -> torchaudio.transforms.Resample:
+def _resampler(orig: int, new: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     # torchaudio's default windowed-sinc resampler (Hann window, width 6, rolloff 0.99),
     # built exactly as the reference packages build it (DistillMOS calls
     # torchaudio.transforms.Resample(sr, 16000): kernel computed in float64, stored in
     # float32), so float32 results are bit-identical to theirs. The module caches its
     # kernel; one module per (rates, dtype, device), since a cached module is shared and
     # must never be moved to another device or dtype in place.
+    # torchaudio is imported here, on the first clip that needs resampling, and never
+    # by ``import torchmos`` or by scoring audio already at the model's rate.
+    import torchaudio
+
     kernel_dtype = torch.float64 if dtype == torch.float64 else None
     return torchaudio.transforms.Resample(orig, new, dtype=kernel_dtype).to(device=device, dtype=dtype)
 
@@ -308,20 +311,22 @@ def _wav_declared_frames(head: bytes) -> int | None:
     return None
 
 
-def read(source: str | os.PathLike) -> tuple[torch.Tensor, int]:
+def read(source: str | os.PathLike, name: str | None = None) -> tuple[torch.Tensor, int]:
     """Read one file (or Kaldi pipe entry ``"cmd ... |"``) as a mono float32 tensor.
 
     Integer PCM is scaled to [-1, 1]; channels are averaged. Raises :class:`AudioError`
-    naming the file for missing, unreadable, truncated or empty files.
+    naming the file (or ``name``, when given: a pipe entry is named by its utterance id,
+    not by its command) for missing, unreadable, truncated or empty files.
     """
     source = os.fspath(source)
+    label = name or source
     try:
         if _is_pipe(source):
             cmd = source.rstrip()[:-1]
             proc = subprocess.run(cmd, shell=True, capture_output=True, check=False)
             if proc.returncode != 0:
                 raise AudioError(
-                    f"{source}: the pipe command failed (exit {proc.returncode}): "
+                    f"{label}: the pipe command {cmd.strip()!r} failed (exit {proc.returncode}): "
                     f"{proc.stderr.decode(errors='replace').strip()[:300]}"
                 )
             fh: Any = io.BytesIO(proc.stdout)
@@ -344,16 +349,16 @@ def read(source: str | os.PathLike) -> tuple[torch.Tensor, int]:
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        raise AudioError(f"{source}: cannot be read as audio ({e}).") from e
+        raise AudioError(f"{label}: cannot be read as audio ({e}).") from e
     declared = max(declared, _wav_declared_frames(head) or 0)
     if data.shape[0] < declared:
         raise AudioError(
-            f"{source}: truncated file: the header declares {declared} frames "
+            f"{label}: truncated file: the header declares {declared} frames "
             f"({declared / sr:.3f} s) but only {data.shape[0]} are present; the file was "
             "cut short (an interrupted copy or export?): re-create it, or drop it."
         )
     if data.shape[0] == 0:
-        raise AudioError(f"{source}: the file holds no audio samples.")
+        raise AudioError(f"{label}: the file holds no audio samples.")
     x = torch.from_numpy(data).mean(dim=1) if data.shape[1] > 1 else torch.from_numpy(data[:, 0].copy())
     return x, int(sr)
 
@@ -373,8 +378,13 @@ class AudioEntry:
     id: str
     source: str
 
+    @property
+    def label(self) -> str:
+        """How messages name this entry: its path, or for a pipe its utterance id."""
+        return f"utterance {self.id!r}" if _is_pipe(self.source) else self.source
+
     def read(self) -> tuple[torch.Tensor, int]:
-        return read(self.source)
+        return read(self.source, name=self.label)
 
 
 _LIST_SUFFIXES = {".txt", ".lst", ".list", ".scp"}
@@ -392,9 +402,15 @@ def find_audio(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list[
     Relative paths in lists resolve against the current folder when they exist there (the
     Kaldi convention), else against the list's own folder.
 
-    Raises :class:`AudioError` for a missing input, a folder with no audio files or an
-    empty list.
-    Duplicate ids get a ``#2``, ``#3`` suffix so no entry is lost.
+    Ids stay unique and readable. When two files would share an id (``a/x.wav`` and
+    ``b/x.wav`` given as folders ``a`` and ``b``, or ``x.wav`` and ``x.flac``), each of
+    them is named by its path relative to their common folder instead (``a/x``, ``b/x``;
+    the extension is kept only when it is what tells them apart). The same file listed
+    more than once is kept each time (a training list may repeat a file on purpose); its
+    repeats are named ``id#2``, ``id#3``.
+
+    Raises :class:`AudioError` for a missing input, a folder with no audio files, an empty
+    list, or a Kaldi utterance id used twice.
     """
     if isinstance(inputs, (str, os.PathLike)):  # one path, not an iterable of characters
         inputs = [inputs]
@@ -418,17 +434,52 @@ def find_audio(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> list[
             entries += listed
         else:
             entries.append(AudioEntry(str(p.with_suffix("")), str(p)))
+    return _unique_ids(entries)
+
+
+def _unique_ids(entries: list[AudioEntry]) -> list[AudioEntry]:
+    """Rename colliding ids by relative path; a repeated listing of one file gets ``#n``."""
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault(e.id, []).append(i)
+    out = list(entries)
+    for uid, idx in groups.items():
+        members = [entries[i] for i in idx]
+        keys = {source_key(m.source) for m in members}
+        if len(keys) == 1:  # one file (or command) listed again: numbered below
+            continue
+        if any(_is_pipe(m.source) for m in members):
+            raise AudioError(f"the utterance id {uid!r} is used {len(idx)} times ("
+                             + "; ".join(m.source for m in members) + "); ids in a wav.scp must be unique.")
+        paths = [os.path.abspath(m.source) for m in members]
+        base = os.path.commonpath([os.path.dirname(p) for p in paths])
+        stems = [Path(os.path.relpath(p, base)).with_suffix("").as_posix() for p in paths]
+        if len({(st, source_key(m.source)) for st, m in zip(stems, members)}) > len(set(stems)):
+            stems = [Path(os.path.relpath(p, base)).as_posix() for p in paths]  # only the extension differs
+        for i, new_id in zip(idx, stems):
+            out[i] = AudioEntry(new_id, entries[i].source)
     seen: dict[str, int] = {}
-    unique = []
-    for e in entries:
-        n = seen.get(e.id, 0) + 1
-        seen[e.id] = n
-        unique.append(e if n == 1 else AudioEntry(f"{e.id}#{n}", e.source))
-    return unique
+    by_id: dict[str, str] = {}
+    for i, e in enumerate(out):
+        key = source_key(e.source)
+        if e.id in by_id and by_id[e.id] != key:  # a renamed id met an id given elsewhere
+            raise AudioError(f"the id {e.id!r} would name both {e.source} and another file; rename one "
+                             "of them, or score the inputs in separate runs.")
+        by_id[e.id] = key
+        n = seen[e.id] = seen.get(e.id, 0) + 1
+        if n > 1:
+            out[i] = AudioEntry(f"{e.id}#{n}", e.source)
+    return out
+
+
+def source_key(source: str) -> str:
+    """What identifies an entry's audio: the real path of a file, or a pipe's command."""
+    return source.strip() if _is_pipe(source) else os.path.realpath(source)
 
 
 def _read_list(p: Path) -> list[AudioEntry]:
     out = []
+    first_line: dict[str, tuple[int, str]] = {}  # Kaldi id -> (line, source) where first seen
     kaldi = p.suffix.lower() == ".scp"
     for lineno, raw in enumerate(p.read_text().splitlines(), 1):
         line = raw.strip()
@@ -449,5 +500,10 @@ def _read_list(p: Path) -> list[AudioEntry]:
             uid = ""
         if not _is_pipe(src) and not os.path.isabs(src) and not os.path.exists(src):
             src = str(p.parent / src)  # relative to the current folder first, else to the list
+        if kaldi:
+            prev = first_line.setdefault(uid, (lineno, source_key(src)))
+            if prev[1] != source_key(src):
+                raise AudioError(f"{p}:{lineno}: the utterance id {uid!r} already names another entry "
+                                 f"on line {prev[0]}; ids in a wav.scp must be unique.")
         out.append(AudioEntry(uid or str(Path(src).with_suffix("")), src))
     return out

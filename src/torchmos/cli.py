@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import importlib
 import json
 import math
@@ -30,12 +31,22 @@ import torch
 
 from . import __version__, audio, functional, hub, models
 
-# recipe name -> module exposing add_arguments(parser) and run(args) -> int
+# The exit status of a usage error (argparse's own convention).
+USAGE = 2
+
+# recipe name -> module exposing add_arguments(parser) and run(args) -> int. A recipe's
+# module (and what it imports) loads only when `torchmos train <recipe>` is asked for.
 RECIPES: dict[str, str] = {
     "vqscore": "torchmos.training.vqscore",
     "sfi-distill": "torchmos.training.sfi_distill",
     "msr-utmos": "torchmos.training.msr_utmos",
     "scoreq": "torchmos.training.scoreq",
+}
+RECIPE_HELP: dict[str, str] = {
+    "vqscore": "train VQScore (a VQ-VAE) on clean speech only",
+    "sfi-distill": "distil a sampling-frequency-independent SSL student (MSR-UTMOS stage 1)",
+    "msr-utmos": "fine-tune MSR-UTMOS on MOS labels (stage 2)",
+    "scoreq": "train SCOREQ on your MOS data (contrastive regression, two stages)",
 }
 
 FIELDS = ["id", "path", "model", "score", "duration_s", "sample_rate"]
@@ -87,13 +98,41 @@ def _previous_rows(path: str | None) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
+class UsageError(Exception):
+    """A wrong command line: one line on stderr and exit status 2."""
+
+
 def _resolve_model(spec: str, checkpoint: str | None) -> tuple[str, str | None]:
     """``--model`` as a card name, or as a weight file whose family is recognised."""
     if spec in hub.CARDS:
         return spec, checkpoint
     if os.path.isfile(spec):
         return models.identify(spec), spec
-    raise SystemExit(f"torchmos: unknown model {spec!r}; see `torchmos models` (or give a weight file).")
+    names = sorted(hub.CARDS)
+    close = [n for n in names if n.startswith(spec)] if spec else []
+    close += [n for n in difflib.get_close_matches(spec, names, n=3, cutoff=0.6) if n not in close]
+    hint = f" Did you mean {' or '.join(repr(n) for n in close[:3])}?" if close else ""
+    raise UsageError(f"unknown model {spec!r} (and no such weight file).{hint} "
+                     "`torchmos models` lists the models.")
+
+
+def _check_device(spec: str) -> torch.device:
+    """``--device`` as a torch device that exists here, or a :class:`UsageError`."""
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device {spec!r} is not a torch device ({e}); use cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build"
+            raise UsageError(f"--device {spec}: no CUDA GPU is available on this machine (torch "
+                             f"{torch.__version__}, {build}); use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s), numbered from 0.")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {spec}: Apple's MPS backend is not available here; use --device cpu.")
+    return dev
 
 
 def _batches(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
@@ -104,24 +143,31 @@ def _batches(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
 def cmd_score(args: argparse.Namespace) -> int:
     name, checkpoint = _resolve_model(args.model, args.checkpoint)
     card = hub.get_card(name)
+    device = _check_device(args.device)
     try:
         entries = audio.find_audio(args.inputs)
     except audio.AudioError as e:
         print(f"torchmos: {e}", file=sys.stderr)
-        return 2
+        return USAGE
     if card.mode == "ref" and not (args.reference or args.reference_set):
         print(f"torchmos: model {name!r} compares with clean speech: give --reference DIR "
               "(paired by relative path / id) or --reference-set DIR.", file=sys.stderr)
-        return 2
+        return USAGE
     if card.mode != "ref" and (args.reference or args.reference_set):
         print(f"torchmos: model {name!r} is no-reference; --reference/--reference-set do not apply.",
               file=sys.stderr)
-        return 2
+        return USAGE
+    repeats = len(entries) - len({audio.source_key(e.source) for e in entries})
+    if repeats:
+        print(f"torchmos: note: {repeats} file(s) are listed more than once; each listing is scored "
+              "(repeats are named id#2, id#3, ...).", file=sys.stderr)
     previous = _previous_rows(args.output) if args.resume else []
     done = {r["id"] for r in previous}
     todo = [e for e in entries if e.id not in done]
+    if args.output:
+        Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     options = {"precision": args.precision} if args.precision else {}
-    model = functional.get_model(name, checkpoint, device=args.device, **options)
+    model = functional.get_model(name, checkpoint, device=device, **options)
 
     failures: list[tuple[str, str]] = []
     refs = ref_set = None
@@ -131,11 +177,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         clips = []
         for e in audio.find_audio([args.reference_set]):
             x, sr = e.read()
-            clips += audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds, names=[e.source], arg="")
-        ref_set = model.embed(clips)
+            clips += audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds, names=[e.label], arg="")
+        ref_set = model.embed([c.to(device) for c in clips])
 
     writer = _Writer(args.output, args.resume)
-    rows = list(previous)
+    rows: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), unit="file", desc=f"torchmos {name}", disable=args.quiet or None,
@@ -149,28 +195,28 @@ def cmd_score(args: argparse.Namespace) -> int:
                         warnings.simplefilter("always", audio.SilentAudioWarning)
                         x, sr = e.read()
                         clip = audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds,
-                                             names=[e.source], arg="")[0]
+                                             names=[e.label], arg="")[0]
                         if refs is not None:
                             if e.id not in refs:
-                                raise audio.AudioError(f"{e.source}: no reference with id {e.id!r} in {args.reference}.")
+                                raise audio.AudioError(f"{e.label}: no reference with id {e.id!r} in {args.reference}.")
                             rx, rsr = refs[e.id].read()
                             ref_clips += audio.prepare([rx], rsr, card.sample_rate, min_seconds=card.min_seconds,
-                                                       names=[refs[e.id].source], arg="")
+                                                       names=[refs[e.id].label], arg="")
                     for w in caught:
                         print(f"torchmos: warning: {w.message}", file=sys.stderr)
                 except audio.AudioError as err:
-                    failures.append((e.source, str(err)))
+                    failures.append((e.label, str(err)))
                     print(f"torchmos: skipped: {err}", file=sys.stderr)
                     bar.update(1)
                     continue
                 good.append(e)
-                clips.append(clip)
+                clips.append(clip.to(device))
                 meta.append((x.shape[0] / sr, sr))
             if not good:
                 continue
             with torch.inference_mode():
                 if refs is not None:
-                    scores = model.distance(clips, ref_clips)
+                    scores = model.distance(clips, [c.to(device) for c in ref_clips])
                 elif ref_set is not None:
                     scores = model.distance_to_set(clips, ref_set)
                 elif card.sample_rate == 0:  # native-rate model: each clip at its own rate
@@ -186,14 +232,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         writer.close()
-    _summary(rows, failures, name, card.higher_is_better)
+    _summary(previous + rows, failures, name, card.higher_is_better,
+             resumed=len(previous) if args.resume else None, output=args.output)
     return 1 if failures else 0
 
 
-def _summary(rows: list[dict[str, Any]], failures: list[tuple[str, str]], name: str, higher: bool) -> None:
+def _summary(rows: list[dict[str, Any]], failures: list[tuple[str, str]], name: str, higher: bool,
+             resumed: int | None = None, output: str | None = None) -> None:
     out = sys.stderr
     scores = [(float(r["score"]), r["id"]) for r in rows]
     print(f"\n{name}: {len(scores)} scored, {len(failures)} failed", file=out)
+    if resumed is not None:
+        print(f"  resumed: {resumed} already in {output}, {len(scores) - resumed} new", file=out)
     if scores:
         vals = [s for s, _ in scores]
         mean = sum(vals) / len(vals)
@@ -282,7 +332,9 @@ def _unavailable(recipe: str, err: ImportError):
 # ----------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser. Only the recipe that ``argv`` asks for (``train <recipe>``) is
+    imported, to add its options: ``torchmos --help`` and ``torchmos score`` import none."""
     p = argparse.ArgumentParser(prog="torchmos", description="Learned speech-quality (MOS) predictors.")
     p.add_argument("--version", action="version", version=f"torchmos {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -291,9 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", help="audio files, folders (recursive), Kaldi wav.scp, or .txt lists")
     s.add_argument("--model", default="distillmos", help="model name (see `torchmos models`) or weight file")
     s.add_argument("--checkpoint", default=None, help="local weight file for --model NAME")
-    s.add_argument("--output", "-o", default=None, help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
+    s.add_argument("--output", "-o", default=None,
+                   help="FILE.csv or FILE.jsonl (default: CSV on stdout); missing folders are created")
     s.add_argument("--batch-size", type=int, default=8, help="files scored together (default 8)")
-    s.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    s.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
     s.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="bf16: faster, approximate (DistillMOS; see docs/performance.md)")
     s.add_argument("--resume", action="store_true", help="skip ids already in --output and append")
@@ -314,9 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a predictor on your own data")
     tsub = t.add_subparsers(dest="recipe", required=True)
+    wanted = _requested_recipe(argv)
     for recipe, module in RECIPES.items():
-        rp = tsub.add_parser(recipe, help=f"train {recipe}")
+        rp = tsub.add_parser(recipe, help=RECIPE_HELP[recipe], description=RECIPE_HELP[recipe])
         rp.set_defaults(func=cmd_train, recipe_module=module)
+        if recipe != wanted:
+            continue
         try:
             mod = importlib.import_module(module)
         except ImportError as e:
@@ -327,14 +383,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _requested_recipe(argv: Sequence[str] | None) -> str | None:
+    """The recipe named by ``train <recipe> ...`` in ``argv`` (``sys.argv[1:]`` if None)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "train" not in args:
+        return None
+    rest = args[args.index("train") + 1 :]
+    return next((a for a in rest if a in RECIPES), None)
+
+
+def _plain_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                   line: str | None = None) -> None:
+    """A warning as one line on stderr (``torchmos: warning: ...``), without a source path."""
+    print(f"torchmos: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (hub.HubError, audio.AudioError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"torchmos: error: {msg}", file=sys.stderr)
-        return 2
+    args = build_parser(argv).parse_args(argv)
+    with warnings.catch_warnings():  # restores the caller's warning display afterwards
+        warnings.showwarning = _plain_warning
+        try:
+            return int(args.func(args))
+        except UsageError as e:
+            print(f"torchmos: error: {e}", file=sys.stderr)
+            return USAGE
+        except (hub.HubError, audio.AudioError, KeyError, ValueError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"torchmos: error: {msg}", file=sys.stderr)
+            return USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -199,6 +199,9 @@ def _verify(card: ModelCard, path: Path, pinned: str | None) -> None:
 
 # ----------------------------------------------------------------------------- resolver
 
+# How a user passes their own weight file, on the command line and in Python.
+CHECKPOINT_HINT = "pass --checkpoint PATH on the command line (checkpoint=PATH in Python)"
+
 
 def resolve(
     card: str | ModelCard,
@@ -227,8 +230,8 @@ def resolve(
     wf = card.weights
     if wf is None:
         raise HubError(
-            f"model {card.name!r} has no released weights; pass checkpoint=<file> "
-            "(for example one trained with `torchmos train`)."
+            f"model {card.name!r} has no released weights; give a weight file (for example one "
+            f"trained with `torchmos train`): {CHECKPOINT_HINT}."
         )
     target = _cache_path(card)
     if target.is_file():
@@ -247,7 +250,7 @@ def resolve(
         why = "TORCHMOS_OFFLINE is set, so torchmos will not download it." if _offline() else "It has no download URL."
         raise HubError(
             f"weights for {card.name!r} are not available locally. {why}{src}{check} and place it at "
-            f"{target}{hint}, or pass checkpoint=<path>."
+            f"{target}{hint}, or {CHECKPOINT_HINT}."
         )
     return _download(card, target, sha256, progress)
 
@@ -270,7 +273,7 @@ def _download(card: ModelCard, target: Path, pinned: str | None, progress: bool 
                 errors.append(f"{url}: {type(e).__name__}: {e}")
         raise HubError(
             f"could not download weights for {card.name!r}:\n  " + "\n  ".join(errors) + f"\n"
-            f"Download the file by hand and place it at {target}, or pass checkpoint=<path>."
+            f"Download the file by hand and place it at {target}, or {CHECKPOINT_HINT}."
         )
 
 

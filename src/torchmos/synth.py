@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchaudio
 
 __all__ = ["CLEAN_MOS", "DEGRADATIONS", "MOS_MODEL", "add_noise", "apply_kind", "clip", "degrade", "dropouts", "labelled_set",
            "lowpass", "speech_like"]
@@ -37,7 +36,9 @@ def _resonate(x: torch.Tensor, freq: float, bw: float, fs: int) -> torch.Tensor:
     b, c = 2 * r * math.cos(2 * math.pi * freq / fs), -r * r
     a_coeffs = torch.tensor([1.0, -b, -c], dtype=x.dtype)
     b_coeffs = torch.tensor([1.0 - b - c, 0.0, 0.0], dtype=x.dtype)
-    return torchaudio.functional.lfilter(x, a_coeffs, b_coeffs, clamp=False)
+    import torchaudio.functional as taf  # only the signal generators need it
+
+    return taf.lfilter(x, a_coeffs, b_coeffs, clamp=False)
 
 
 def speech_like(seconds: float, fs: int = 16000, seed: int = 0, level_db: float = -23.0) -> torch.Tensor:
@@ -116,8 +117,9 @@ def clip(x: torch.Tensor, fraction: float = 0.3) -> torch.Tensor:
 
 def lowpass(x: torch.Tensor, fs: int, cutoff: float = 1000.0) -> torch.Tensor:
     """Low-pass filter (two cascaded biquads)."""
-    y = torchaudio.functional.lowpass_biquad(x, fs, cutoff)
-    return torchaudio.functional.lowpass_biquad(y, fs, cutoff)
+    import torchaudio.functional as taf
+
+    return taf.lowpass_biquad(taf.lowpass_biquad(x, fs, cutoff), fs, cutoff)
 
 
 def dropouts(x: torch.Tensor, fs: int, rate: float = 0.2, frame_ms: float = 20.0, seed: int = 0) -> torch.Tensor:

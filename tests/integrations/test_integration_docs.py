@@ -30,7 +30,7 @@ def test_every_integration_has_a_page():
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    pytest.importorskip(NEEDS[page.stem], reason=f"needs {page.stem}: pip install 'torchmos[integrations]'")
+    pytest.importorskip(NEEDS[page.stem], reason=f"needs {page.stem}: pip install -e '.[integrations]'")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-pytest.importorskip("espnet2", reason="needs ESPnet: pip install 'torchmos[integrations]'")
+pytest.importorskip("espnet2", reason="needs ESPnet: pip install -e '.[integrations]'")
 kaldiio = pytest.importorskip("kaldiio", reason="needs kaldiio (installed with ESPnet)")
 
 import torchmos.functional as F  # noqa: E402

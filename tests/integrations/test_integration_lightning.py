@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("lightning", minversion="2", reason="needs Lightning 2.x: pip install 'torchmos[integrations]'")
+pytest.importorskip("lightning", minversion="2", reason="needs Lightning 2.x: pip install -e '.[integrations]'")
 
 import torchmos.functional as F  # noqa: E402
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("speechbrain", reason="needs SpeechBrain: pip install 'torchmos[integrations]'")
+pytest.importorskip("speechbrain", reason="needs SpeechBrain: pip install -e '.[integrations]'")
 
 import torchmos.functional as F  # noqa: E402
 from torchmos import audio, synth  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
-pytest.importorskip("transformers", minversion="5", reason="needs transformers 5.x: pip install 'torchmos[integrations]'")
+pytest.importorskip("transformers", minversion="5", reason="needs transformers 5.x: pip install -e '.[integrations]'")
 
 import torchmos.functional as F  # noqa: E402
 from torchmos import audio, synth  # noqa: E402

@@ -111,7 +111,7 @@ def test_download_server_down(tmp_home):
     msg = str(info.value)
     assert url in msg
     assert f"Download the file by hand and place it at {tmp_home / 'testcard' / 'weights.pt'}" in msg
-    assert "checkpoint=<path>" in msg
+    assert "--checkpoint PATH on the command line" in msg and "checkpoint=PATH in Python" in msg
     assert leftovers(tmp_home / "testcard") == []
 
 
@@ -332,7 +332,7 @@ def test_card_without_urls(tmp_home):
 
 def test_card_without_weights(tmp_home, tmp_path):
     c = ModelCard(name="mine", family="test", title="", summary="", weights=None, sample_rate=16000)
-    with pytest.raises(HubError, match="has no released weights; pass checkpoint="):
+    with pytest.raises(HubError, match="has no released weights; give a weight file .*--checkpoint PATH.*checkpoint=PATH in Python"):
         resolve(c)
     assert local_status(c) == "train your own"
     p = tmp_path / "trained.pt"

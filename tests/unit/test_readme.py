@@ -15,8 +15,27 @@ def readme_commands() -> list[str]:
 
 def test_readme_starts_with_install_and_test_commands():
     install, tests = readme_commands()
-    assert "pip install -e ." in install and "torchmos demo" in install
-    assert "pytest" in tests
+    assert "pip install -c requirements/lock.txt -e ." in install and "torchmos demo" in install
+    assert "-c requirements/lock.txt" in tests and "pytest" in tests
+
+
+def test_the_lock_pins_every_runtime_dependency_inside_its_range():
+    """requirements/lock.txt: exact versions, and each inside pyproject's range."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    locked = {}
+    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line!r}"
+            locked[name.lower().replace("_", "-")] = version
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in meta["dependencies"] + meta["optional-dependencies"]["test"]:
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        assert name in locked, f"{name} is not in the lock"
+        assert req.specifier.contains(locked[name], prereleases=True), f"lock {name}=={locked[name]} outside {spec}"
 
 
 def test_ci_runs_the_readme_commands_and_the_integration_lane():
@@ -24,3 +43,5 @@ def test_ci_runs_the_readme_commands_and_the_integration_lane():
     for cmd in readme_commands():
         assert cmd in ci.splitlines(), f"README command not run verbatim by .ci/run: {cmd}"
     assert "nox -s integrations" in ci
+    assert "pytest -m slow" in ci
+    assert "nox -s deps_latest deps_oldest" in ci

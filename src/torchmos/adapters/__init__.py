@@ -37,7 +37,7 @@ def missing_extra(toolkit: str, package: str, error: ImportError | None = None) 
     """The ImportError an adapter raises when its toolkit is not installed."""
     msg = (
         f"torchmos.adapters.{toolkit} needs {package}, which is not installed (or failed to import"
-        f"{': ' + str(error) if error else ''}). Install it with: pip install 'torchmos[integrations]'"
+        f"{': ' + str(error) if error else ''}). Install it with: pip install -e '.[integrations]' in a torchmos checkout"
     )
     return ImportError(msg)
 
@@ -137,7 +137,10 @@ class Scorer:
 
 
 class _RegisterAfterExec(importlib.abc.Loader):
-    """Wraps a module's loader: runs it, then a callback (a post-import hook)."""
+    """Wraps a module's loader: runs it, then a callback (a post-import hook).
+
+    The callback runs only once the module has executed without error, so a failed
+    import leaves the hook armed for the next attempt."""
 
     def __init__(self, loader: Any, callback: Callable[[], None]) -> None:
         self._loader = loader
@@ -155,25 +158,35 @@ class _RegisterAfterExec(importlib.abc.Loader):
 
 
 class _PostImportHook(importlib.abc.MetaPathFinder):
-    """Calls ``callback`` right after the module ``target`` is first imported."""
+    """Calls ``callback`` right after the module ``target`` is first imported.
+
+    It stays on ``sys.meta_path`` until the target has been imported *and* the callback
+    has run: a bare ``importlib.util.find_spec(target)`` (which finds but does not import)
+    or an import that fails midway leaves it armed. It removes itself afterwards.
+    """
 
     def __init__(self, target: str, callback: Callable[[], None]) -> None:
         self.target = target
         self.callback = callback
 
+    def _done(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        self.callback()
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname != self.target:
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)  # fire once
         spec = None
-        for finder in sys.meta_path:
+        for finder in list(sys.meta_path):
+            if finder is self or isinstance(finder, _PostImportHook):
+                continue
             find = getattr(finder, "find_spec", None)
             if find is not None and (spec := find(fullname, path, target)) is not None:
                 break
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        spec.loader = _RegisterAfterExec(spec.loader, self.callback)
+        spec.loader = _RegisterAfterExec(spec.loader, self._done)
         return spec
 
 

@@ -9,6 +9,7 @@ state) and the clip ids.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -120,6 +121,20 @@ class MOSMetric(Metric):
         if isinstance(scores, list):
             scores = torch.cat(scores) if scores else torch.zeros(0, device=self.device)
         return {"mean": mean, "scores": scores, "ids": self._gather_ids()}
+
+    def _wrap_compute(self, compute: Any) -> Any:
+        # torchmetrics squeezes every one-element tensor of a compute() result to 0-d; the
+        # per-utterance scores of a single clip must stay a (1,) vector like any other.
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(wrapped)
+        def per_utterance_shapes(*args: Any, **kwargs: Any) -> Any:
+            value = wrapped(*args, **kwargs)
+            if isinstance(value, dict) and isinstance(value.get("scores"), Tensor) and value["scores"].ndim == 0:
+                value = {**value, "scores": value["scores"].reshape(1)}
+            return value
+
+        return per_utterance_shapes
 
     def _gather_ids(self) -> list[str]:
         dist = torch.distributed

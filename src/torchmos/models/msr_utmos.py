@@ -356,7 +356,7 @@ class MsrUtmosModel(nn.Module):
         """
         if checkpoint is None:
             raise hub.HubError(
-                f"model {card!r} has no released weights; pass checkpoint=<file>: one trained with "
+                f"model {card!r} has no released weights; {hub.CHECKPOINT_HINT}: a file trained with "
                 "`torchmos train msr-utmos`, or the authors' Lightning checkpoint converted with "
                 "MsrUtmosModel.from_lightning(...).save(path)."
             )
