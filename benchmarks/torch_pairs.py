@@ -38,7 +38,16 @@ try:
     y = F.resample(torch.randn(1, 44100), 44100, 16000)
     out.update(torchaudio=torchaudio.__version__, loads=True, resample_shape=list(y.shape))
 except Exception as e:
-    out.update(loads=False, error=f"{type(e).__name__}: {e}"[-500:])
+    # torchaudio's loader hides the dynamic linker's reason: ask the linker directly
+    import ctypes, glob, importlib.util, os
+    reasons = []
+    lib = os.path.join(os.path.dirname(importlib.util.find_spec("torchaudio").origin), "lib")
+    for so in sorted(glob.glob(os.path.join(lib, "*.so"))):
+        try:
+            ctypes.CDLL(so)
+        except OSError as why:
+            reasons.append(f"{os.path.basename(so)}: {str(why).rsplit(': ', 1)[-1]}")
+    out.update(loads=False, error=f"{type(e).__name__}: {e}"[-300:], linker=reasons)
 print(json.dumps(out))
 """
 
@@ -75,7 +84,8 @@ def main(argv: list[str]) -> int:
             t, a = pair.split("/")
             row = try_pair(t, a, Path(tmp))
             rows.append(row)
-            verdict = "loads" if row.get("loads") else f"FAILS  {row.get('error', '')[:160]}"
+            why = "; ".join(row.get("linker") or []) or row.get("error", "")
+            verdict = "loads" if row.get("loads") else f"FAILS  {why[:200]}"
             print(f"torch {row.get('torch', t):<16} torchaudio {row.get('torchaudio', a):<14} {verdict}", flush=True)
     out = Path(__file__).resolve().parent / "results" / "torch_pairs.json"
     out.parent.mkdir(exist_ok=True)
