@@ -78,6 +78,7 @@ def try_pair(torch_v: str, audio_v: str, work: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     pairs = argv or PAIRS
+    where = provenance()  # the commit and tree this run starts from
     rows = []
     with tempfile.TemporaryDirectory(prefix="torch-pairs-") as tmp:
         for pair in pairs:
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> int:
             print(f"torch {row.get('torch', t):<16} torchaudio {row.get('torchaudio', a):<14} {verdict}", flush=True)
     out = Path(__file__).resolve().parent / "results" / "torch_pairs.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"provenance": provenance(), "pairs": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"provenance": where, "pairs": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
