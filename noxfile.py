@@ -89,9 +89,10 @@ def lower_bounds() -> list[str]:
     return pins
 
 
-@nox.session(python="3.11")
+@nox.session(python="3.10")
 def deps_oldest(session: nox.Session) -> None:
-    """The unit lane on the lowest releases that pyproject.toml's ranges allow.
+    """The unit lane on the lowest releases that pyproject.toml's ranges allow, on the
+    oldest Python that ``requires-python`` allows.
 
     pip ignores this machine's own configuration here (``PIP_CONFIG_FILE=/dev/null`` and
     an empty find-links folder): its local CPU-only wheel of torch 2.13.0 would otherwise

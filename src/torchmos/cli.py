@@ -109,8 +109,7 @@ def _resolve_model(spec: str, checkpoint: str | None) -> tuple[str, str | None]:
     if os.path.isfile(spec):
         return models.identify(spec), spec
     names = sorted(hub.CARDS)
-    close = [n for n in names if n.startswith(spec)] if spec else []
-    close += [n for n in difflib.get_close_matches(spec, names, n=3, cutoff=0.6) if n not in close]
+    close = [n for n in names if spec and n.startswith(spec)] or difflib.get_close_matches(spec, names, n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(repr(n) for n in close[:3])}?" if close else ""
     raise UsageError(f"unknown model {spec!r} (and no such weight file).{hint} "
                      "`torchmos models` lists the models.")

@@ -9,6 +9,7 @@ clip must be resampled, and the training recipes only when ``torchmos train X`` 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,13 +105,26 @@ def test_train_loads_only_the_recipe_asked_for():
 # ----------------------------------------------------------------------------- transformers hook
 
 HOOK = r'''
-import importlib, importlib.util, sys, json
+import importlib, importlib.util, os, sys, json
+import torch
 import torchmos
+assert "transformers.pipelines" not in sys.modules
 {before}
 from transformers import pipeline
-from transformers.pipelines import PIPELINE_REGISTRY
-print(json.dumps("audio-quality" in PIPELINE_REGISTRY.get_supported_tasks()))
+pipe = pipeline("audio-quality", model=sys.argv[1], device="cpu")
+out = pipe(torch.randn(16000) * 0.1, sampling_rate=16000)
+print(json.dumps([type(pipe).__name__, out["model"], 1.0 <= out["score"] <= 5.0]))
 '''
+
+
+@pytest.fixture(scope="module")
+def hf_model_dir(tmp_path_factory) -> Path:
+    """A DistillMOS model saved in transformers' layout (weights from the installed package)."""
+    from torchmos.adapters.hf import TorchmosForAudioQuality
+
+    d = tmp_path_factory.mktemp("hf") / "distillmos-hf"
+    TorchmosForAudioQuality.from_torchmos("distillmos").save_pretrained(d)
+    return d
 
 
 @pytest.mark.parametrize("before", [
@@ -128,8 +142,9 @@ print(json.dumps("audio-quality" in PIPELINE_REGISTRY.get_supported_tasks()))
     "assert 'transformers.pipelines' not in sys.modules\n"
     "del sys.modules['transformers.pipelines.base']",
 ], ids=["plain", "after-find_spec", "after-failed-import"])
-def test_pipeline_is_registered_after_import_torchmos_alone(before):
-    proc = subprocess.run([sys.executable, "-c", HOOK.format(before=before)], capture_output=True,
-                          text=True, timeout=300)
+def test_pipeline_works_after_import_torchmos_alone(before, hf_model_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", HOOK.format(before=before), str(hf_model_dir)],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) is True
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["AudioQualityPipeline", "distillmos", True]
