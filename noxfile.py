@@ -25,6 +25,7 @@ import nox
 
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True  # a lane that cannot run fails; it never passes as "skipped"
 
 ROOT = Path(__file__).parent
 LOCK = "requirements/lock.txt"

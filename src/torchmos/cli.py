@@ -90,12 +90,53 @@ class _Writer:
 
 
 def _previous_rows(path: str | None) -> list[dict[str, Any]]:
+    """The rows of an earlier run's output (CSV or JSON Lines), for ``--resume``.
+
+    A run killed mid-write can leave its last row cut off: that row is dropped, the file
+    is truncated back to its last complete row (so the next row cannot glue onto it), and
+    its file is scored again. A damaged row anywhere else is an error naming the line.
+    """
     if not path or not os.path.exists(path):
         return []
-    with open(path, newline="") as f:
-        if path.endswith((".jsonl", ".json")):
-            return [json.loads(line) for line in f if line.strip()]
-        return list(csv.DictReader(f))
+    with open(path, "rb") as f:
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # the end of the last complete line
+    rows: list[dict[str, Any]] = []
+    lines = data[:end].decode("utf-8", errors="replace").splitlines()
+    jsonl = path.endswith((".jsonl", ".json"))
+    if jsonl:
+        for lineno, line in enumerate(lines, 1):
+            if line.strip():
+                rows.append(_checked_row(_json_row(line), path, lineno))
+    elif lines:
+        reader = csv.DictReader(lines)
+        for lineno, row in enumerate(reader, 2):
+            rows.append(_checked_row(row, path, lineno))
+    if end < len(data):  # a cut-off last row: repair the file
+        print(f"torchmos: {path}: the last row was cut off (an interrupted run); it is removed and "
+              "its file scored again.", file=sys.stderr)
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return rows
+
+
+def _json_row(line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
+def _checked_row(row: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
+    try:
+        ok = bool(row.get("id")) and math.isfinite(float(row.get("score")))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UsageError(f"{path}:{lineno}: a damaged row ({row!r}); fix or delete that line, "
+                         "then rerun with --resume.")
+    return row
 
 
 class UsageError(Exception):
@@ -140,6 +181,16 @@ def _batches(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be 1 or more, got {args.batch_size}.")
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output FILE: the rows of the earlier run are read from it.")
+    if args.sha256 and not (args.checkpoint or os.path.isfile(args.model)):
+        raise UsageError("--sha256 pins your own weight file: give it with --checkpoint FILE (or --model FILE).")
+    if args.sha256 and os.path.isfile(args.model):  # verify before the file is even read
+        got = hub.sha256sum(args.model)
+        if got != args.sha256.lower():
+            raise hub.HubError(f"{args.model}: sha256 {got} does not match the pinned {args.sha256}.")
     name, checkpoint = _resolve_model(args.model, args.checkpoint)
     card = hub.get_card(name)
     device = _check_device(args.device)
@@ -166,7 +217,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     options = {"precision": args.precision} if args.precision else {}
-    model = functional.get_model(name, checkpoint, device=device, **options)
+    model = functional.get_model(name, checkpoint, args.sha256, device=device, **options)
 
     failures: list[tuple[str, str]] = []
     refs = ref_set = None
@@ -185,6 +236,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=len(todo), unit="file", desc=f"torchmos {name}", disable=args.quiet or None,
                file=sys.stderr)
+    interrupted = False
     try:
         for batch in _batches(todo, args.batch_size):
             good, clips, ref_clips, meta = [], [], [], []
@@ -228,11 +280,18 @@ def cmd_score(args: argparse.Namespace) -> int:
                 writer.write(row)
                 rows.append(row)
             bar.update(len(good))
+    except KeyboardInterrupt:  # every row so far is written and flushed
+        interrupted = True
     finally:
         bar.close()
         writer.close()
     _summary(previous + rows, failures, name, card.higher_is_better,
              resumed=len(previous) if args.resume else None, output=args.output)
+    if interrupted:
+        again = ("rerun the same command with --resume to score the rest" if args.output else
+                 "rerun with --output FILE to be able to resume")
+        print(f"torchmos: interrupted after {len(rows)} new row(s); {again}.", file=sys.stderr)
+        return 130
     return 1 if failures else 0
 
 
@@ -342,6 +401,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", help="audio files, folders (recursive), Kaldi wav.scp, or .txt lists")
     s.add_argument("--model", default="distillmos", help="model name (see `torchmos models`) or weight file")
     s.add_argument("--checkpoint", default=None, help="local weight file for --model NAME")
+    s.add_argument("--sha256", default=None, metavar="HEX",
+                   help="pin the sha256 of your weight file (--checkpoint or --model FILE); a mismatch is an error")
     s.add_argument("--output", "-o", default=None,
                    help="FILE.csv or FILE.jsonl (default: CSV on stdout); missing folders are created")
     s.add_argument("--batch-size", type=int, default=8, help="files scored together (default 8)")

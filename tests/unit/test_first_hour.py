@@ -161,3 +161,80 @@ def test_per_utterance_with_one_clip_has_shape_1():
 def test_audio_read_names_a_pipe_by_its_name():
     with pytest.raises(AudioError, match=r"^utt7: the pipe command 'exit 4' failed \(exit 4\)"):
         audio.read("exit 4 |", name="utt7")
+
+
+# ----------------------------------------------------------------------------- interrupted runs
+
+
+def _score(clips: Path, out: Path, *extra: str) -> int:
+    return cli.main(["score", str(clips), "-o", str(out), "-q", *extra])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resume_after_a_cut_off_last_row_rescores_it_and_repairs_the_file(clips, tmp_path, capsys, suffix):
+    whole = tmp_path / f"whole{suffix}"
+    assert _score(clips, whole) == 0
+    text = whole.read_text()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_text(text[: len(text) - 9])  # the kill came while the last row was being written
+    assert _score(clips, cut, "--resume") == 0
+    err = capsys.readouterr().err
+    assert "the last row was cut off" in err and "resumed: 1 already in" in err and "1 new" in err
+    assert cut.read_text() == text  # repaired: the same rows, nothing glued together
+    assert _score(clips, cut, "--resume") == 0  # and later resumes keep working
+    assert "resumed: 2 already in" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_damaged_row_in_the_middle(clips, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert _score(clips, out) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text(lines[0] + "broken,row\n" + "".join(lines[1:]))
+    assert _score(clips, out, "--resume") == 2
+    assert f"{out}:2: a damaged row" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_with_the_summary_and_a_resume_hint(clips, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s.csv"
+    calls = {"n": 0}
+    real = audio.AudioEntry.read
+
+    def read_then_interrupt(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(audio.AudioEntry, "read", read_then_interrupt)
+    assert _score(clips, out, "--batch-size", "1") == 130
+    err = capsys.readouterr().err
+    assert "1 scored, 0 failed" in err and "rerun the same command with --resume" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(audio.AudioEntry, "read", real)
+    assert _score(clips, out, "--resume") == 0
+    with open(out, newline="") as f:
+        assert sorted(r["id"] for r in csv.DictReader(f)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "--batch-size must be 1 or more"),
+    (["--batch-size", "-3"], "--batch-size must be 1 or more"),
+    (["--resume"], "--resume needs --output FILE"),
+    (["--sha256", "ab" * 32], "--sha256 pins your own weight file"),
+])
+def test_score_usage_errors(clips, capsys, argv, message):
+    assert cli.main(["score", str(clips), "-q", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sha256_pins_the_users_own_file(clips, tmp_path, capsys):
+    from torchmos import hub as _hub
+
+    weights = _hub.resolve("distillmos")  # the official file, standing in for a user's own
+    good = _hub.sha256sum(weights)
+    out = tmp_path / "s.csv"
+    assert cli.main(["score", str(clips), "-q", "-o", str(out), "--checkpoint", str(weights), "--sha256", good]) == 0
+    bad = "0" * 64
+    for how in (["--checkpoint", str(weights)], ["--model", str(weights)]):
+        assert cli.main(["score", str(clips), "-q", *how, "--sha256", bad]) == 2
+        assert f"does not match the pinned {bad}" in capsys.readouterr().err
