@@ -56,6 +56,9 @@ from torchmos.models.scoreq import ScoreqModel
 from torchmos.training import pearson, spearman
 from torchmos.training.data import read_mos_csv
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import provenance  # noqa: E402
+
 KINDS = list(synth.MOS_MODEL)
 # method -> options of its run: the two losses, and a control whose encoder is never
 # trained (one stage-1 epoch with zero learning rates; stage 2 fits the MOS head on the
@@ -217,6 +220,7 @@ def main() -> None:
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-scoreq-loss-"))
     root.mkdir(parents=True, exist_ok=True)
     runs = []
+    where = provenance()  # the commit and tree this run starts from
     recipe_at_start = recipe_hash()
     t_all = time.perf_counter()
     for rep in range(args.seeds):
@@ -241,7 +245,8 @@ def main() -> None:
             "test_clips": args.test_clips, "reference_clips": args.reference_clips, "seconds": args.seconds,
             "epochs": args.epochs, "batch_size": args.batch_size, "crop_seconds": args.crop_seconds,
             "lr_encoder": args.lr_encoder, "l2_select": args.l2_select, "l2_lr_head": args.l2_lr_head, "model": " ".join(MODEL),
-            "total_s": round(time.perf_counter() - t_all, 1), "recipe_sha256": recipe_at_start}
+            "total_s": round(time.perf_counter() - t_all, 1), "recipe_sha256": recipe_at_start,
+            "provenance": where}
     if recipe_hash() != recipe_at_start:
         print("warning: src/torchmos/training/scoreq.py changed during the benchmark", file=sys.stderr)
         info["recipe_sha256_end"] = recipe_hash()
