@@ -187,10 +187,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --output FILE: the rows of the earlier run are read from it.")
     if args.sha256 and not (args.checkpoint or os.path.isfile(args.model)):
         raise UsageError("--sha256 pins your own weight file: give it with --checkpoint FILE (or --model FILE).")
-    if args.sha256 and os.path.isfile(args.model):  # verify before the file is even read
-        got = hub.sha256sum(args.model)
-        if got != args.sha256.lower():
-            raise hub.HubError(f"{args.model}: sha256 {got} does not match the pinned {args.sha256}.")
     name, checkpoint = _resolve_model(args.model, args.checkpoint)
     card = hub.get_card(name)
     device = _check_device(args.device)

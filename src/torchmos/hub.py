@@ -10,11 +10,21 @@ torchaudio's pipeline bundles. :func:`resolve` finds a card's weight file, in th
    never imported), e.g. ``distillmos/weights/distill_mos_v7.pt``;
 4. a download from the card's URLs into the cache, unless ``TORCHMOS_OFFLINE=1``.
 
-Downloads stream into a temporary file beside the target, are checked against the card's
-sha256 and renamed atomically, all under a file lock, so eight DDP ranks starting together
-download once. Files whose authors publish no checksum are trusted on first use: the
-sha256 of the first complete download is recorded beside the file (``<file>.sha256``) and
-checked on every later load; a user can pin one with ``sha256=``.
+Downloads stream into a temporary file beside the target (``<file>.<random>.part``), are
+checked against the card's sha256 and renamed atomically, all under a file lock, so eight
+DDP ranks starting together download once; temporary files that a killed download left are
+removed under that lock by the next download. Files whose authors publish no checksum are
+trusted on first use: the sha256 of the first *whole* download is recorded beside the file
+(``<file>.sha256``) and checked on every later load and every re-download; a user can pin
+one with ``sha256=`` (which also checks a user's own ``checkpoint=``).
+
+A download is whole only with evidence: the length the server stated (Content-Length, or
+the end of a chunked transfer), and, when nothing else vouches for the bytes, the file's
+own structure (a torch zip checkpoint ends with its central directory; a ``.safetensors``
+header states the data's length). A download with neither a stated length nor a checkable
+format is refused unless a checksum is pinned. A download that ends with an error is never
+recorded. :func:`forget` resets a card's cache entry (weights, record, leftovers) when its
+record is wrong, e.g. one an older torchmos made from a partial download.
 
 Nothing else in torchmos touches the network or the cache.
 """
@@ -24,10 +34,12 @@ from __future__ import annotations
 import hashlib
 import http.client
 import importlib.metadata
+import json
 import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +53,7 @@ __all__ = [
     "ModelCard",
     "WeightFile",
     "cache_dir",
+    "forget",
     "get_card",
     "list_cards",
     "load_checkpoint",
@@ -153,6 +166,20 @@ def _recorded(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _is_sha256(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
+
+
+def _pin(sha256: str | None) -> str | None:
+    """A user's pinned checksum in lower case ('sha256:' prefix and spaces allowed), or None."""
+    if sha256 is None or not sha256.strip():
+        return None
+    s = sha256.strip().lower().removeprefix("sha256:").strip()
+    if not _is_sha256(s):
+        raise HubError(f"sha256={sha256!r} is not a sha256 checksum (64 hexadecimal digits).")
+    return s
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
@@ -165,36 +192,105 @@ def _write_atomic(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def _expected(card: ModelCard, path: Path, pinned: str | None) -> tuple[str | None, str]:
-    """The checksum a file must have, and where that expectation comes from."""
+def _remove_orphans(target: Path) -> list[Path]:
+    """Delete the temporary files (``<file>.*.part``, the record's included) that a killed
+    download left beside ``target``. Only under ``target``'s lock: every writer of these
+    files holds it, so none of them is being written."""
+    removed = []
+    for p in target.parent.iterdir():
+        if p.name.startswith(target.name + ".") and p.name.endswith(".part") and p.is_file():
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    return removed
+
+
+def _reset_hint(card: ModelCard, path: Path, rec: Path) -> str:
+    return f"delete {path} and {rec} (or call torchmos.hub.forget({card.name!r}) in Python)"
+
+
+_Expectation = tuple[str | None, str, Path | None]  # (sha256, where it comes from, record)
+
+
+def _expected(card: ModelCard, path: Path, pinned: str | None) -> _Expectation:
+    """The checksum a file must have, where that expectation comes from, and the trust
+    record it was read from (None unless it comes from one)."""
     if pinned:
-        return pinned.lower(), "the sha256= you pinned"
+        return pinned.lower(), "the sha256= you pinned", None
     assert card.weights is not None
     if card.weights.sha256:
-        return card.weights.sha256.lower(), f"model card {card.name!r}"
+        return card.weights.sha256.lower(), f"model card {card.name!r}", None
     rec = _recorded(path)
     if rec.is_file():
         words = rec.read_text().split()
-        if not words or len(words[0]) != 64 or any(c not in "0123456789abcdef" for c in words[0].lower()):
+        if not words or not _is_sha256(words[0].lower()):
             raise HubError(
                 f"{rec}: not a sha256 record (expected '<64 hex digits>  <file>'). Delete it and "
-                f"{path}, then run again to download and record a fresh copy."
+                f"{path} (or call torchmos.hub.forget({card.name!r}) in Python), then run again to "
+                "download and record a fresh copy."
             )
-        return words[0].lower(), f"the checksum recorded at first download ({rec})"
+        return words[0].lower(), f"the checksum recorded at first download ({rec})", rec
+    return None, "", None
+
+
+def _whole(path: Path, name: str | None = None) -> tuple[bool | None, str]:
+    """Whether a weight file is whole by its own structure: ``(True, "")`` when its format
+    marks where it ends and that end is there, ``(False, why)`` when it is cut short, and
+    ``(None, "")`` for a format whose end cannot be checked (e.g. torch's legacy pickle
+    format). ``name``: the file's real name, if ``path`` is a temporary one. Reads only the
+    header and the index, never the tensors."""
+    size = path.stat().st_size
+    if size == 0:
+        return False, "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head.startswith(b"PK\x03\x04"):  # torch.save's zip format: its index comes last
+            try:
+                zipfile.ZipFile(f).close()
+            except Exception as e:  # any failure to read the index: not a whole archive
+                return False, f"a torch zip checkpoint without its central directory ({e})"
+            return True, ""
+        if Path(name or path.name).suffix == ".safetensors" and len(head) == 8:
+            n = int.from_bytes(head, "little")
+            if 8 + n > size:
+                return False, f"{size} bytes, but the .safetensors header alone is {8 + n}"
+            try:
+                header = json.loads(f.read(n))
+                ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+                end = max(ends, default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+                return False, f"unreadable .safetensors header ({type(e).__name__}: {e})"
+            if 8 + n + end != size:
+                return False, f"{size} bytes, but its .safetensors header describes {8 + n + end}"
+            return True, ""
     return None, ""
 
 
 def _verify(card: ModelCard, path: Path, pinned: str | None) -> None:
-    want, why = _expected(card, path, pinned)
+    want, why, rec = _expected(card, path, pinned)
     if want is None:
         return
     got = sha256sum(path)
     if got != want:
+        fix = ", or fix the pinned checksum." if pinned else "."
+        if rec is not None:
+            fix = (f". If the fresh copy is refused too, the record is what is wrong (made from a "
+                   f"partial download by an older torchmos, or the publisher changed the file): "
+                   f"{_reset_hint(card, path, rec)} and run again.")
         raise HubError(
             f"{path}: sha256 {got} does not match {want} from {why}. The file is corrupt or "
-            f"not the expected release: delete it and run again to download a fresh copy"
-            + (", or fix the pinned checksum." if pinned else ".")
+            f"not the expected release: delete it and run again to download a fresh copy{fix}"
         )
+    if rec is not None:  # a record vouches only for what it saw (older versions saw partial files)
+        whole, reason = _whole(path)
+        if whole is False:
+            raise HubError(
+                f"{path}: the file is cut short ({reason}), though it matches its record {rec}: "
+                "the record was made from a partial download. To download and record a whole copy, "
+                f"{_reset_hint(card, path, rec)} and run again."
+            )
 
 
 # ----------------------------------------------------------------------------- resolver
@@ -214,17 +310,19 @@ def resolve(
     Args:
         card: a card or its name.
         checkpoint: an explicit file, used as is (checked against ``sha256`` if given).
-        sha256: a checksum to pin, overriding the card's (or the recorded) one.
+        sha256: a checksum to pin (64 hex digits, ``sha256:`` prefix allowed), overriding the
+            card's (or the recorded) one; it also checks an explicit ``checkpoint``.
         progress: show a download progress bar (default: when stderr is a terminal).
     """
     card = get_card(card)
+    sha256 = _pin(sha256)
     if checkpoint is not None:
         p = Path(checkpoint).expanduser()
         if not p.is_file():
             raise HubError(f"checkpoint {p}: no such file.")
         if sha256:
             got = sha256sum(p)
-            if got != sha256.lower():
+            if got != sha256:
                 raise HubError(f"checkpoint {p}: sha256 {got} does not match the pinned {sha256}.")
         return p
     wf = card.weights
@@ -255,17 +353,46 @@ def resolve(
     return _download(card, target, sha256, progress)
 
 
+def forget(card: str | ModelCard) -> list[Path]:
+    """Reset a card's cache entry: delete its downloaded weights, the checksum recorded at
+    their first download and any temporary files a killed download left, under the download
+    lock. The next :func:`resolve` downloads afresh (and records the new file's checksum if
+    the card publishes none). Use it when torchmos refuses a cached file because of its
+    record, or to accept a file its publisher has changed. Returns the paths deleted.
+
+    >>> from torchmos import hub
+    >>> hub.forget("scoreq-nr-natural")  # doctest: +SKIP
+    """
+    card = get_card(card)
+    if card.weights is None:
+        return []
+    target = _cache_path(card)
+    if not target.parent.is_dir():
+        return []
+    with filelock.FileLock(str(target) + ".lock"):
+        removed = _remove_orphans(target)
+        for p in (target, _recorded(target)):  # the weights first: never seen without a record
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(p)
+    return removed
+
+
 def _download(card: ModelCard, target: Path, pinned: str | None, progress: bool | None) -> Path:
     assert card.weights is not None
     target.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(str(target) + ".lock"):
+        _remove_orphans(target)  # a killed download's leftovers; ours is not started yet
         if target.is_file():  # another process finished it while we waited
             _verify(card, target, pinned)
             return target
+        expect = _expected(card, target, pinned)  # a record left without its file counts too
         errors = []
         for url in card.weights.urls:  # mirrors, in order; a failure moves on to the next
             try:
-                _fetch(url, card, target, pinned, progress)
+                _fetch(url, card, target, expect, progress)
                 return target
             except HubError as e:  # incomplete or wrong checksum: already names the URL
                 errors.append(str(e))
@@ -278,14 +405,16 @@ def _download(card: ModelCard, target: Path, pinned: str | None, progress: bool 
 
 
 # What a failed HTTP fetch raises: connection refused/reset and HTTP status errors
-# (URLError, OSError), a server that stops mid-response or speaks no HTTP (HTTPException),
-# a malformed URL or header (ValueError).
+# (URLError, OSError), a server that stops mid-response or speaks no HTTP (HTTPException,
+# IncompleteRead for a chunked transfer cut short), a malformed URL or header (ValueError).
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError, ValueError)
 
 
-def _fetch(url: str, card: ModelCard, target: Path, pinned: str | None, progress: bool | None) -> None:
+def _fetch(url: str, card: ModelCard, target: Path, expect: _Expectation,
+           progress: bool | None) -> None:
+    """Download ``url`` into ``target`` (under its lock), or raise and leave nothing."""
     assert card.weights is not None
-    want = (pinned or card.weights.sha256 or "").lower() or None
+    want, why, rec = expect
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
     try:
         h = hashlib.sha256()
@@ -293,7 +422,11 @@ def _fetch(url: str, card: ModelCard, target: Path, pinned: str | None, progress
         with os.fdopen(fd, "wb") as out:  # opened first, so the descriptor is closed on any error
             req = urllib.request.Request(url, headers={"User-Agent": "torchmos"})
             with urllib.request.urlopen(req, timeout=60) as r:
-                total = int(r.headers.get("Content-Length") or 0) or None
+                # A chunked transfer marks its own end (http.client raises IncompleteRead
+                # without it); otherwise only a Content-Length says where the body ends.
+                chunked = bool(getattr(r, "chunked", False))
+                stated = (r.headers.get("Content-Length") or "").strip()
+                total = int(stated) if stated.isdigit() and not chunked else None
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"torchmos: {card.name}",
@@ -309,9 +442,22 @@ def _fetch(url: str, card: ModelCard, target: Path, pinned: str | None, progress
         got = h.hexdigest()
         if want is not None and got != want:
             raise HubError(
-                f"{url}: downloaded file has sha256 {got}, expected {want}; it was discarded. "
-                "The server may be serving a different release."
+                f"{url}: downloaded file has sha256 {got}, expected {want} from {why}; it was "
+                "discarded. " + (f"If the publisher has changed the file on purpose, "
+                                 f"{_reset_hint(card, target, rec)} to trust the new one." if rec
+                                 else "The server may be serving a different release.")
             )
+        if want is None:  # no checksum vouches for these bytes: their own structure must
+            whole, reason = _whole(Path(tmp), target.name)
+            if whole is False:
+                raise HubError(f"{url}: download cut short ({reason}); it was discarded.")
+            if whole is None and total is None and not chunked:
+                raise HubError(
+                    f"{url}: the server sent no Content-Length, and {target.name} is neither a "
+                    "torch zip checkpoint nor .safetensors, so torchmos cannot tell whether it "
+                    "arrived whole; it was discarded. Pin its checksum to accept it (sha256= in "
+                    "Python)."
+                )
         if not card.weights.sha256:
             # Trust on first use: record what was verified now, before the file appears, so
             # no reader ever sees the weights without their record.
