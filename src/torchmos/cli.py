@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -175,6 +175,35 @@ def _check_device(spec: str) -> torch.device:
     return dev
 
 
+class _InFileProgress:
+    """A second progress bar, inside one long file (read and resampled in blocks)."""
+
+    LONG = 1 << 21  # frames (44 s at 48 kHz): shorter files show no bar of their own
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, label: str) -> Callable[[int, int], None] | None:
+        if self.quiet:
+            return None
+        bar: Any = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if total < self.LONG:
+                return
+            if bar is None:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, unit="frame", unit_scale=True, desc=f"  {label}", leave=False,
+                           position=1, file=sys.stderr, disable=None)
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+        return update
+
+
 def _batches(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -187,6 +216,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --output FILE: the rows of the earlier run are read from it.")
     if args.sha256 and not (args.checkpoint or os.path.isfile(args.model)):
         raise UsageError("--sha256 pins your own weight file: give it with --checkpoint FILE (or --model FILE).")
+    if args.sha256:  # the user's own file is verified before it is ever read
+        hub.check_file(args.checkpoint or args.model, args.sha256)
     name, checkpoint = _resolve_model(args.model, args.checkpoint)
     card = hub.get_card(name)
     device = _check_device(args.device)
@@ -232,6 +263,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     bar = tqdm(total=len(todo), unit="file", desc=f"torchmos {name}", disable=args.quiet or None,
                file=sys.stderr)
+    in_file = _InFileProgress(quiet=args.quiet)
     interrupted = False
     try:
         for batch in _batches(todo, args.batch_size):
@@ -240,15 +272,16 @@ def cmd_score(args: argparse.Namespace) -> int:
                 try:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always", audio.SilentAudioWarning)
-                        x, sr = e.read()
-                        clip = audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds,
-                                             names=[e.label], arg="")[0]
+                        # read in blocks, resampled to the model's rate as they arrive
+                        got = e.load(target_fs=card.sample_rate or None, progress=in_file(e.label))
+                        clip = audio.prepare([got.samples], got.rate, card.sample_rate,
+                                             min_seconds=card.min_seconds, names=[e.label], arg="")[0]
                         if refs is not None:
                             if e.id not in refs:
                                 raise audio.AudioError(f"{e.label}: no reference with id {e.id!r} in {args.reference}.")
-                            rx, rsr = refs[e.id].read()
-                            ref_clips += audio.prepare([rx], rsr, card.sample_rate, min_seconds=card.min_seconds,
-                                                       names=[refs[e.id].label], arg="")
+                            ref = refs[e.id].load(target_fs=card.sample_rate or None)
+                            ref_clips += audio.prepare([ref.samples], ref.rate, card.sample_rate,
+                                                       min_seconds=card.min_seconds, names=[refs[e.id].label], arg="")
                     for w in caught:
                         print(f"torchmos: warning: {w.message}", file=sys.stderr)
                 except audio.AudioError as err:
@@ -258,7 +291,7 @@ def cmd_score(args: argparse.Namespace) -> int:
                     continue
                 good.append(e)
                 clips.append(clip.to(device))
-                meta.append((x.shape[0] / sr, sr))
+                meta.append((got.frames / got.file_rate, got.file_rate))
             if not good:
                 continue
             with torch.inference_mode():

@@ -1,12 +1,14 @@
 """Stateless twins of the torchmos metrics: one score per clip, shape (B,).
 
-Models are loaded once per (model, checkpoint, options, device) and cached.
+Models are loaded once per (model, checkpoint, options, device) and cached; the cache is
+thread-safe and its models are shared, so no call writes anything onto them.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,15 +20,77 @@ from . import audio, hub, models
 __all__ = ["distillmos", "get_model", "msr_utmos", "score", "scoreq_nr", "scoreq_ref", "vqscore"]
 
 
-@functools.lru_cache(maxsize=8)
+_CACHE_SIZE = 8  # models kept (least recently used first out)
+_Key = tuple[Any, ...]
+_models: OrderedDict[_Key, nn.Module] = OrderedDict()
+_loading: dict[_Key, threading.Lock] = {}  # one lock per model being loaded
+_lock = threading.Lock()  # guards _models and _loading; never held while loading
+
+
+def _device_key(device: str | torch.device) -> str:
+    """The canonical name of ``device`` for the model cache: ``"cpu"`` for any CPU device,
+    ``"<type>:<index>"`` for accelerators, where an index-less device (``"cuda"``) is the
+    current one of its type, as ``torch`` places tensors there.
+
+    >>> _device_key("cpu:0"), _device_key(torch.device("cpu"))
+    ('cpu', 'cpu')
+    """
+    dev = torch.device(device)
+    if dev.type in ("cpu", "meta"):
+        return dev.type
+    index = dev.index
+    if index is None:
+        backend = getattr(torch, dev.type, None)
+        current = getattr(backend, "current_device", None)
+        index = int(current()) if callable(current) else 0
+    return f"{dev.type}:{index}"
+
+
 def _cached(name: str, checkpoint: str | None, sha256: str | None, device: str,
             options: tuple[tuple[str, Any], ...], stamp: tuple[int, int] | None) -> nn.Module:
-    return models.load(name, checkpoint=checkpoint, sha256=sha256, **dict(options)).to(device)
+    """The model for this key, loaded at most once however many threads ask together."""
+    key = (name, checkpoint, sha256, device, options, stamp)
+    with _lock:
+        model = _models.get(key)
+        if model is not None:
+            _models.move_to_end(key)
+            return model
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:  # the first thread loads; the others wait here, then find it cached
+        with _lock:
+            model = _models.get(key)
+            if model is not None:
+                _models.move_to_end(key)
+                return model
+        try:
+            model = models.load(name, checkpoint=checkpoint, sha256=sha256, **dict(options)).to(device)
+        except BaseException:  # a failed load is not cached; the next caller tries again
+            with _lock:
+                _loading.pop(key, None)
+            raise
+        with _lock:
+            _models[key] = model
+            _models.move_to_end(key)
+            while len(_models) > _CACHE_SIZE:
+                _models.popitem(last=False)
+            _loading.pop(key, None)
+    return model
+
+
+def _clear_cache() -> None:
+    """Forget every cached model (tests; freeing memory)."""
+    with _lock:
+        _models.clear()
 
 
 def get_model(name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
               device: str | torch.device = "cpu", **options: Any) -> nn.Module:
     """The cached predictor ``name`` on ``device`` (loaded on first use).
+
+    The model is shared by every caller that asks for the same one (metrics, functional
+    calls, adapters, threads): it is loaded once even when several threads ask at the same
+    time, ``"cuda"`` and ``"cuda:0"`` (when 0 is the current device) are the same entry,
+    and callers must not change it (use ``torchmos.models.load`` for a private copy).
 
     A local ``checkpoint`` is cached by path, size and modification time, so a file
     rewritten in place (a model retrained into the same folder) is loaded afresh."""
@@ -35,7 +99,7 @@ def get_model(name: str, checkpoint: str | os.PathLike | None = None, sha256: st
     if ckpt is not None and os.path.isfile(ckpt):
         st = os.stat(ckpt)
         stamp = (st.st_size, st.st_mtime_ns)
-    return _cached(name, ckpt, sha256, str(torch.device(device)), tuple(sorted(options.items())), stamp)
+    return _cached(name, ckpt, sha256, _device_key(device), tuple(sorted(options.items())), stamp)
 
 
 def device_of(preds: Any) -> torch.device:

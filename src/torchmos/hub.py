@@ -36,6 +36,8 @@ import http.client
 import importlib.metadata
 import json
 import os
+import pickle
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -53,6 +55,7 @@ __all__ = [
     "ModelCard",
     "WeightFile",
     "cache_dir",
+    "check_file",
     "forget",
     "get_card",
     "list_cards",
@@ -317,14 +320,7 @@ def resolve(
     card = get_card(card)
     sha256 = _pin(sha256)
     if checkpoint is not None:
-        p = Path(checkpoint).expanduser()
-        if not p.is_file():
-            raise HubError(f"checkpoint {p}: no such file.")
-        if sha256:
-            got = sha256sum(p)
-            if got != sha256:
-                raise HubError(f"checkpoint {p}: sha256 {got} does not match the pinned {sha256}.")
-        return p
+        return check_file(checkpoint, sha256)
     wf = card.weights
     if wf is None:
         raise HubError(
@@ -351,6 +347,21 @@ def resolve(
             f"{target}{hint}, or {CHECKPOINT_HINT}."
         )
     return _download(card, target, sha256, progress)
+
+
+def check_file(checkpoint: str | os.PathLike, sha256: str | None = None) -> Path:
+    """A user's own weight file: it must exist and, when ``sha256`` is pinned (64 hex
+    digits, ``sha256:`` prefix allowed), match it. Checked before the file is ever read as
+    a checkpoint."""
+    p = Path(checkpoint).expanduser()
+    if not p.is_file():
+        raise HubError(f"checkpoint {p}: no such file.")
+    pin = _pin(sha256)
+    if pin:
+        got = sha256sum(p)
+        if got != pin:
+            raise HubError(f"checkpoint {p}: sha256 {got} does not match the pinned {pin}.")
+    return p
 
 
 def forget(card: str | ModelCard) -> list[Path]:
@@ -499,14 +510,36 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise HubError(f"{path}: not a valid .safetensors file ({type(e).__name__}: {e}).") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's own text: many lines, terminal escapes, unsafe advice
+        text = str(e)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise HubError(
+                f"{path}: refused: the file holds a Python object other than tensors ({found.group(1)}), "
+                "which could run code when loaded. torchmos reads weights only with "
+                "torch.load(weights_only=True): re-save the file's state_dict (tensors only) from code "
+                "you trust, or use safetensors."
+            ) from None
+        why = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, flags=re.S)
+        raise HubError(
+            f"{path}: cannot be loaded with torch.load(weights_only=True) (not a torch checkpoint, or "
+            f"a damaged one: {why.group(1).strip() if why else _first_line(e)})."
+        ) from None
     except Exception as e:  # pickle errors carry little context of their own
         raise HubError(
-            f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
-            "torchmos loads only tensors and plain containers, never arbitrary pickled code."
+            f"{path}: cannot be loaded with torch.load(weights_only=True) ({type(e).__name__}: "
+            f"{_first_line(e)}). torchmos loads only tensors and plain containers, never arbitrary "
+            "pickled code."
         ) from e
     if not isinstance(obj, dict):
         raise HubError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}.")
     return obj
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line, without terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -536,7 +569,7 @@ register(
     ModelCard(
         name="distillmos",
         family="distillmos",
-        title="DistillMOS (Microsoft), no-reference MOS, 4.4 M parameters",
+        title="DistillMOS (Microsoft), no-reference MOS, 4.1 M parameters",
         summary="No-reference MOS of natural speech (noise suppression, codecs, packet loss), "
         "distilled from an XLS-R teacher. Weak on TTS.",
         weights=WeightFile(

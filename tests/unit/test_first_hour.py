@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import torchmos.functional as F
 from torchmos import audio, cli, hub, synth
 from torchmos.audio import AudioError, find_audio
 
@@ -197,20 +198,20 @@ def test_resume_refuses_a_damaged_row_in_the_middle(clips, tmp_path, capsys):
 def test_ctrl_c_ends_with_the_summary_and_a_resume_hint(clips, tmp_path, capsys, monkeypatch):
     out = tmp_path / "s.csv"
     calls = {"n": 0}
-    real = audio.AudioEntry.read
+    real = audio.AudioEntry.load
 
-    def read_then_interrupt(self):
+    def load_then_interrupt(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(audio.AudioEntry, "read", read_then_interrupt)
+    monkeypatch.setattr(audio.AudioEntry, "load", load_then_interrupt)
     assert _score(clips, out, "--batch-size", "1") == 130
     err = capsys.readouterr().err
     assert "1 scored, 0 failed" in err and "rerun the same command with --resume" in err
     assert "Traceback" not in err
-    monkeypatch.setattr(audio.AudioEntry, "read", real)
+    monkeypatch.setattr(audio.AudioEntry, "load", real)
     assert _score(clips, out, "--resume") == 0
     with open(out, newline="") as f:
         assert sorted(r["id"] for r in csv.DictReader(f)) == ["a", "b"]
@@ -238,3 +239,32 @@ def test_sha256_pins_the_users_own_file(clips, tmp_path, capsys):
     for how in (["--checkpoint", str(weights)], ["--model", str(weights)]):
         assert cli.main(["score", str(clips), "-q", *how, "--sha256", bad]) == 2
         assert f"does not match the pinned {bad}" in capsys.readouterr().err
+
+
+def test_score_reads_each_file_in_blocks_with_progress(tmp_path, monkeypatch):
+    """The CLI reads (and resamples) through audio.load with a progress callback, which the
+    reader calls block by block; a long file gets a progress bar of its own."""
+    f = _wav(tmp_path / "long48k.wav", seconds=12.0, fs=48000)
+    seen: list[tuple[int, int]] = []
+    real = audio.AudioEntry.load
+
+    def spy(self, target_fs=None, *, progress=None):
+        assert target_fs == 16000 and callable(progress)
+
+        def both(done, total):
+            seen.append((done, total))
+            progress(done, total)
+
+        return real(self, target_fs, progress=both)
+
+    monkeypatch.setattr(audio.AudioEntry, "load", spy)
+    monkeypatch.setattr(cli._InFileProgress, "LONG", 1)  # make this file "long"
+    out = tmp_path / "s.csv"
+    assert cli.main(["score", str(f), "-o", str(out)]) == 0
+    assert len(seen) > 1 and seen[-1] == (12 * 48000, 12 * 48000)
+    with open(out, newline="") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["duration_s"] == "12.0" and row["sample_rate"] == "48000"
+    x, sr = sf.read(f, dtype="float32")
+    expect = float(F.distillmos(torch.from_numpy(x), fs=sr))
+    assert float(row["score"]) == pytest.approx(expect, abs=1e-5)

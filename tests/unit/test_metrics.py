@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from torchmetrics import MetricCollection
 
 import torchmos
 import torchmos.functional as F
+from tests.helpers import free_port
 from torchmos import DistillMOS, synth
 from torchmos.audio import AudioError, SilentAudioWarning
 
@@ -156,12 +156,6 @@ def test_functional_caches_the_model():
 # ----------------------------------------------------------------------------- DDP
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, shards: list[list[torch.Tensor]], out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -188,7 +182,7 @@ def test_ddp_two_gloo_processes_equal_single_process(tmp_path):
     want = float(single.compute())
     shards = [data[0::2], data[1::2]]
     out = str(tmp_path / "ddp.pt")
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), shards, out), nprocs=2, join=True,
+    mp.start_processes(_ddp_worker, args=(2, free_port(), shards, out), nprocs=2, join=True,
                        start_method="spawn")
     res = torch.load(out, weights_only=False)
     assert float(res["mean"]) == pytest.approx(want, abs=1e-6)

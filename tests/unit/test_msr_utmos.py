@@ -204,6 +204,12 @@ def to_lightning(model: MsrUtmosModel) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("sfi", [dict(NAF, naf_norm="grid"), {"filter": "gauss"}])
 def test_lightning_checkpoints_convert_and_score_the_same(teacher, sfi):
+    """What this proves, and what it does not: a round trip through our OWN inverse
+    (``to_lightning`` above, written from SPECS §4's key table) is lossless, and the model
+    built from the result scores as the original. No checkpoint of the authors' code is
+    available here, so it does not prove that the table matches their files; it proves
+    that the converter applies the table (renames, weight-norm split, filter parameter
+    transforms) consistently and strictly."""
     torch.manual_seed(1)
     ours = MsrUtmosModel(SFISSLModel.from_teacher(teacher, sfi=sfi, fit_steps=0), sr_embedding=True).eval()
     sd = to_lightning(ours)

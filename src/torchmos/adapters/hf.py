@@ -17,6 +17,11 @@ arranges that on its own as soon as ``transformers.pipelines`` is imported (see
 >>> pipe("speech.wav")                                                   # doctest: +SKIP
 {'score': 3.21..., 'model': 'distillmos'}
 
+A saved directory is self-contained: ``config.json`` records the network's architecture
+(``architecture``), so ``from_pretrained`` rebuilds it with empty weights and fills every
+one from ``model.safetensors``, strictly, with no torchmos weight file, cache or network
+(a trained or resized SCOREQ, VQScore or MSR-UTMOS model reloads offline).
+
 A saved directory is ready for ``push_to_hub``: ``config.json`` carries ``auto_map`` and
 ``custom_pipelines`` pointing at a two-line module ``torchmos_hf.py`` saved beside it, so
 ``pipeline("audio-quality", model="user/repo", trust_remote_code=True)`` works for users who
@@ -95,6 +100,9 @@ class TorchmosConfig(PreTrainedConfig):
         mode: ``"nr"`` (no reference) or ``"ref"``.
         higher_is_better: whether a higher score means better quality.
         score_range: the score's nominal range.
+        architecture: how to build the network without its weights (see
+            :func:`describe_architecture`); ``None`` (directories saved by torchmos before
+            it) builds the card's official model first.
 
     ``auto_map`` and ``custom_pipelines`` are written into ``config.json`` on save (for Hub
     users) but never set on the object, so ``pipeline("audio-quality", model=dir)`` uses
@@ -109,6 +117,7 @@ class TorchmosConfig(PreTrainedConfig):
     mode: str = "nr"
     higher_is_better: bool = True
     score_range: list[float] | None = None
+    architecture: dict | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         kwargs.pop("auto_map", None)
@@ -132,6 +141,85 @@ class TorchmosConfig(PreTrainedConfig):
                    mode=card.mode, higher_is_better=card.higher_is_better, score_range=list(card.score_range))
 
 
+# ----------------------------------------------------------------------------- architecture
+
+ARCH_VERSION = 1
+# transformers bookkeeping, not architecture
+_NOT_ARCH = {"transformers_version", "architectures", "id2label", "label2id", "_name_or_path", "model_type",
+             "torch_dtype", "dtype"}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy (tuples as lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def describe_architecture(net: Any, family: str) -> dict[str, Any] | None:
+    """``{"family", "version", "config"}``: what builds ``net`` again without its weights.
+
+    ``config`` is ``{}`` for DistillMOS (one fixed architecture); ``{"mode", "encoder"}``
+    for SCOREQ (``encoder``: the wav2vec 2.0 ``config.to_dict()``); the model's own
+    ``config`` for VQScore (sizes of codebook and convolutions) and MSR-UTMOS (SSL
+    architecture, SFI layer, listeners), as their torchmos files store it. ``None`` for a
+    family it does not know (such a directory rebuilds through ``torchmos.models.load``).
+    """
+    if family == "distillmos":
+        cfg: Any = {}
+    elif family == "scoreq":
+        encoder = {k: v for k, v in net.backbone.config.to_dict().items() if k not in _NOT_ARCH}
+        cfg = {"mode": net.mode, "encoder": encoder}
+    elif family in ("vqscore", "msr-utmos"):
+        cfg = net.config
+    else:
+        return None
+    return {"family": family, "version": ARCH_VERSION, "config": _plain(cfg)}
+
+
+def build_architecture(arch: dict[str, Any], options: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The network ``arch`` (from :func:`describe_architecture`) with uninitialised or
+    random weights, in eval mode; ``options`` as given to ``torchmos.models.load``."""
+    family, cfg, options = arch.get("family"), dict(arch.get("config") or {}), dict(options or {})
+    if arch.get("version") != ARCH_VERSION:
+        raise ValueError(f"config.json: architecture version {arch.get('version')!r}; this torchmos reads "
+                         f"version {ARCH_VERSION}. Upgrade torchmos.")
+    if family == "distillmos":
+        from ..models.distillmos import DistillMOSModel
+
+        return DistillMOSModel(**options).eval()
+    if family == "scoreq":
+        from ..models.scoreq import ScoreqModel
+
+        with torch.device("meta"):  # ~95 M parameters for BASE: allocate, never initialise
+            net = ScoreqModel(mode=cfg["mode"], **{**cfg["encoder"], **options})
+        return net.to_empty(device="cpu").eval()
+    if family == "vqscore":
+        from ..models.vqscore import VQScoreModel
+
+        return VQScoreModel(**{**cfg, **options}).eval()
+    if family == "msr-utmos":
+        from ..models.msr_utmos import MsrUtmosModel
+
+        return MsrUtmosModel.from_config(cfg, **options).eval()
+    raise ValueError(f"config.json: unknown architecture family {family!r}; known: distillmos, scoreq, "
+                     "vqscore, msr-utmos.")
+
+
+def _build_net(config: TorchmosConfig) -> torch.nn.Module:
+    if config.architecture:
+        return build_architecture(config.architecture, config.model_options)
+    if hub.get_card(config.mos_model).weights is None:
+        raise ValueError(
+            f"config.json has no 'architecture' (saved by an older torchmos), and {config.mos_model!r} has no "
+            "official model to start from. Wrap the weight file again with TorchmosForAudioQuality."
+            f"from_torchmos({config.mos_model!r}, checkpoint=...) and save_pretrained it."
+        )
+    return models.load(config.mos_model, **(config.model_options or {}))
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -140,6 +228,10 @@ class AudioQualityOutput(ModelOutput):
     """Output of :class:`TorchmosForAudioQuality`: ``scores`` (B,), one per clip."""
 
     scores: torch.Tensor | None = None
+
+
+def _rows(t: Any, idx: list[int]) -> Any:
+    return None if t is None else torch.as_tensor(t)[idx]
 
 
 def _non_persistent_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -154,9 +246,10 @@ class TorchmosForAudioQuality(PreTrainedModel):
     ``push_to_hub`` then work as for any transformers model (weights in safetensors).
     Scores equal :mod:`torchmos.functional` on the same audio.
 
-    ``from_pretrained`` builds the network through ``torchmos.models.load`` (so the
-    card's official weights must be available: installed package, cache or download)
-    and then loads the saved weights into it.
+    ``from_pretrained`` builds the network from ``config.architecture`` (no weight file,
+    cache or download involved) and loads every weight from the directory, strictly: a
+    missing, unexpected or misshapen weight is an error. Directories without
+    ``architecture`` (older torchmos) build the card's official model first.
     """
 
     config_class = TorchmosConfig
@@ -170,7 +263,9 @@ class TorchmosForAudioQuality(PreTrainedModel):
             # transformers builds models on the meta device; a torchmos network is built
             # for real (its non-persistent buffers, e.g. STFT windows, are never saved).
             with torch.device("cpu"):
-                net = models.load(config.mos_model, **(config.model_options or {}))
+                net = _build_net(config)
+        else:
+            self.config.architecture = describe_architecture(net, hub.get_card(config.mos_model).family)
         self.net = net.eval()
         for module in self.net.modules():
             snapshot = _non_persistent_buffers(module)
@@ -191,8 +286,32 @@ class TorchmosForAudioQuality(PreTrainedModel):
         return cls(config, net=net)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained``, strict: every weight of the network that
+        ``config.json`` describes must be in the saved weights, and nothing else."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                              **kwargs)
+        wrong = [f"{what} {sorted(map(str, info[key]))[:5]}" for key, what in
+                 (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                  ("mismatched_keys", "of another shape")) if info.get(key)]
+        if wrong:
+            raise ValueError(f"{pretrained_model_name_or_path}: the saved weights do not fit the network its "
+                             f"config.json describes: keys {'; '.join(wrong)}.")
+        # transformers loads by replacing parameters, which undoes SCOREQ's q/k/v packing
+        # (one GEMM per layer): pack them again, so scores equal the saved model's bit for bit.
+        repack = getattr(model.net, "_fuse_qkv", None)
+        if callable(repack):
+            repack()
+        return (model, info) if want_info else model
+
+    @classmethod
     def register_for_auto_class(cls, auto_class: Any = "AutoModel") -> None:
         """No-op (see :meth:`TorchmosConfig.register_for_auto_class`)."""
+
+    def init_weights(self) -> None:
+        """Never initialise (``post_init`` would, e.g. MSR-UTMOS's SFI layer inside its
+        transformers backbone): the weights come from torchmos or from the saved file."""
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         # Parameters come from torchmos or from the saved file, never from random init;
@@ -212,8 +331,10 @@ class TorchmosForAudioQuality(PreTrainedModel):
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None, reference_values: torch.Tensor | None = None,
                 reference_attention_mask: torch.Tensor | None = None, return_dict: bool | None = None,
-                **kwargs: Any) -> AudioQualityOutput | tuple:
-        """Score ``input_values`` (B, T) at ``config.sampling_rate``.
+                sampling_rate: int | torch.Tensor | None = None, **kwargs: Any) -> AudioQualityOutput | tuple:
+        """Score ``input_values`` (B, T) at ``sampling_rate`` (default ``config.sampling_rate``;
+        other rates are resampled; a native-rate model, ``config.sampling_rate == 0``, needs
+        it: one rate, or one per row).
 
         Padding is given by ``attention_mask`` (1 = sample, 0 = padding) or ``lengths``
         (samples per row); padded samples are never scored. Reference models also take
@@ -227,11 +348,31 @@ class TorchmosForAudioQuality(PreTrainedModel):
             refs = refs if refs.dim() > 1 else refs.unsqueeze(0)
             if reference_attention_mask is not None:
                 ref_lengths = reference_attention_mask.reshape(refs.shape[0], -1).sum(-1)
-        scores = score_with(self.net, self.card, x, self.config.sampling_rate, lengths, refs=refs,
-                            ref_lengths=ref_lengths)
+        rates = self._rates(sampling_rate, x.shape[0])
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(rates):
+            groups.setdefault(r, []).append(i)
+        if len(groups) == 1:
+            scores = score_with(self.net, self.card, x, rates[0], lengths, refs=refs, ref_lengths=ref_lengths)
+        else:  # one call per rate: a clip's score never depends on the rest of its batch
+            parts = [score_with(self.net, self.card, x[idx], r, _rows(lengths, idx), refs=_rows(refs, idx),
+                                ref_lengths=_rows(ref_lengths, idx)) for r, idx in groups.items()]
+            order = torch.tensor([i for idx in groups.values() for i in idx], device=parts[0].device)
+            scores = torch.cat(parts).index_select(0, torch.argsort(order))
         if return_dict is False:
             return (scores,)
         return AudioQualityOutput(scores=scores)
+
+    def _rates(self, sampling_rate: Any, n: int) -> list[int]:
+        fs = self.config.sampling_rate if sampling_rate is None else sampling_rate
+        rates = [int(r) for r in torch.as_tensor(fs).reshape(-1).tolist()]
+        rates = rates * n if len(rates) == 1 else rates
+        if len(rates) != n:
+            raise ValueError(f"{len(rates)} sampling rates for {n} clips; give one, or one per clip.")
+        if min(rates) <= 0:
+            raise ValueError(f"{self.config.mos_model!r} scores audio at its native rate: pass sampling_rate= "
+                             "(the rate of input_values, or one per row).")
+        return rates
 
     def make_feature_extractor(self) -> TorchmosFeatureExtractor:
         """The feature extractor that goes with this model."""
@@ -239,6 +380,7 @@ class TorchmosForAudioQuality(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """Save config, safetensors weights, the feature extractor and the ``torchmos_hf`` shim."""
+        self.config.architecture = describe_architecture(self.net, self.card.family)
         out = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.make_feature_extractor().save_pretrained(save_directory)
@@ -253,7 +395,9 @@ class TorchmosFeatureExtractor(SequenceFeatureExtractor):
     """Mono waveforms at the model's rate -> padded ``input_values`` + ``attention_mask``.
 
     Integer PCM is scaled to [-1, 1] (as :func:`torchmos.audio.to_float`); no
-    normalisation, since torchmos models normalise as their reference does.
+    normalisation, since torchmos models normalise as their reference does. For a
+    native-rate model (``sampling_rate=0``, MSR-UTMOS) every call names its rate, which
+    comes back as ``sampling_rate`` (one per clip) for the model.
     """
 
     model_input_names = ["input_values", "attention_mask"]
@@ -277,7 +421,11 @@ class TorchmosFeatureExtractor(SequenceFeatureExtractor):
                  max_length: int | None = None, return_tensors: str | None = None,
                  return_attention_mask: bool | None = None, **kwargs: Any) -> BatchFeature:
         """One clip (1-D) or a batch (2-D array, or a list of 1-D clips) at ``sampling_rate``."""
-        if sampling_rate is not None and int(sampling_rate) != self.sampling_rate:
+        native = not self.sampling_rate
+        if native and sampling_rate is None:
+            raise ValueError("this feature extractor is for a native-rate model: pass sampling_rate= "
+                             "(the rate of the audio; it is not resampled).")
+        if not native and sampling_rate is not None and int(sampling_rate) != self.sampling_rate:
             raise ValueError(
                 f"this feature extractor takes audio at {self.sampling_rate} Hz, got {sampling_rate} Hz; "
                 "resample first (the 'audio-quality' pipeline does it for dict inputs)."
@@ -297,9 +445,13 @@ class TorchmosFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(f"raw_speech[{i}]: expected a mono 1-D clip, got shape {tuple(x.shape)}.")
             values.append(x.numpy())
         encoded = BatchFeature({"input_values": values})
-        return self.pad(encoded, padding=padding, max_length=max_length,
-                        return_attention_mask=self.return_attention_mask if return_attention_mask is None
-                        else return_attention_mask, return_tensors=return_tensors)
+        out = self.pad(encoded, padding=padding, max_length=max_length,
+                       return_attention_mask=self.return_attention_mask if return_attention_mask is None
+                       else return_attention_mask, return_tensors=return_tensors)
+        if native:
+            out = BatchFeature({**out, "sampling_rate": [int(sampling_rate or 0)] * len(values)},
+                               tensor_type=return_tensors)
+        return out
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -316,6 +468,9 @@ class AudioQualityPipeline(Pipeline):
     * ``dict``: ``{"raw" or "array": waveform, "sampling_rate": Hz}`` (``datasets`` style),
       resampled to the model's rate with torchaudio's windowed-sinc resampler, as
       ``AudioClassificationPipeline`` does.
+
+    A native-rate model (MSR-UTMOS) scores each input at its own rate, never resampled;
+    a bare waveform has no rate, so it takes paths, bytes and dicts.
 
     Returns ``{"score": float, "model": name}`` per input.
     """
@@ -341,20 +496,24 @@ class AudioQualityPipeline(Pipeline):
             raise ValueError("the audio-quality pipeline needs a feature extractor (TorchmosFeatureExtractor).")
         return self.feature_extractor
 
-    def _waveform(self, inputs: Any) -> np.ndarray:
-        target = int(self._extractor.sampling_rate)
+    def _waveform(self, inputs: Any) -> tuple[np.ndarray, int]:
+        """The input as a mono waveform at the model's rate (a native-rate model: its own), and that rate."""
+        target = int(self._extractor.sampling_rate)  # 0: native rate, never resampled
+
+        def fit(x: torch.Tensor, fs: int) -> tuple[np.ndarray, int]:
+            return (audio.resample(x, fs, target).numpy(), target) if target else (x.numpy(), int(fs))
+
         if isinstance(inputs, (str, os.PathLike)):
             s = os.fspath(inputs)
             if s.startswith(("http://", "https://")):
                 raise ValueError(f"{s}: torchmos does not download audio; download the file and pass its path.")
-            x, fs = audio.read(s)
-            return audio.resample(x, fs, target).numpy()
+            return fit(*audio.read(s))
         if isinstance(inputs, (bytes, bytearray)):
             with tempfile.NamedTemporaryFile(suffix=".audio") as f:
                 f.write(inputs)
                 f.flush()
                 x, fs = audio.read(f.name)
-            return audio.resample(x, fs, target).numpy()
+            return fit(x, fs)
         if isinstance(inputs, dict):
             if "sampling_rate" not in inputs or not ("raw" in inputs or "array" in inputs):
                 raise ValueError(
@@ -366,14 +525,18 @@ class AudioQualityPipeline(Pipeline):
             x = audio.to_float(wav.detach().cpu() if isinstance(wav, torch.Tensor) else np.asarray(wav), "input")
             if x.dim() != 1:
                 raise ValueError(f"expected a mono 1-D waveform, got shape {tuple(x.shape)}; mix it down first.")
-            return audio.resample(x, fs, target).numpy()
+            return fit(x, fs)
         if isinstance(inputs, torch.Tensor):
             inputs = inputs.detach().cpu()
         if isinstance(inputs, (torch.Tensor, np.ndarray)):
+            if not target:
+                raise ValueError(f"{self.model.config.mos_model!r} scores audio at its own rate, which a bare "
+                                 'waveform does not carry: pass {"array": waveform, "sampling_rate": Hz}, '
+                                 "a path or bytes.")
             x = audio.to_float(inputs, "input")
             if x.dim() != 1:
                 raise ValueError(f"expected a mono 1-D waveform, got shape {tuple(x.shape)}; mix it down first.")
-            return x.numpy()
+            return x.numpy(), target
         raise TypeError(
             f"cannot score a {type(inputs).__name__}; pass a path, bytes, a waveform or "
             '{"array": waveform, "sampling_rate": Hz}.'
@@ -385,9 +548,8 @@ class AudioQualityPipeline(Pipeline):
                 f"the audio-quality pipeline scores without a reference, but {self.model.config.mos_model!r} "
                 "needs one; call the model with reference_values= instead."
             )
-        wav = self._waveform(input_)
-        fe = self._extractor
-        return fe(wav, sampling_rate=fe.sampling_rate, return_tensors="pt")
+        wav, fs = self._waveform(input_)
+        return self._extractor(wav, sampling_rate=fs, return_tensors="pt")
 
     def _forward(self, input_tensors: Any, **kwargs: Any) -> Any:
         return self.model(**input_tensors)

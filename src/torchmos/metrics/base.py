@@ -3,8 +3,10 @@
 A :class:`MOSMetric` holds a predictor network *outside* its ``state_dict`` (a user's
 Lightning checkpoint must not grow by the network's size), moves it with the metric's
 device, keeps it in eval mode, and accumulates sum/total states that reduce with
-``"sum"`` under DDP. With ``per_utterance=True`` it also keeps every score (a ``"cat"``
-state) and the clip ids.
+``"sum"`` under DDP. With ``per_utterance=True`` it also keeps every score and every
+clip id as ``"cat"`` states, so torchmetrics itself resets, syncs (within the metric's
+``process_group``), merges and shares them, in ``forward``, ``merge_state``, compute
+groups of a ``MetricCollection`` and DDP alike.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -22,11 +25,74 @@ from .. import audio, functional, hub, models
 
 __all__ = ["MOSMetric"]
 
+# States whose dtype is chosen by the metric, never by ``set_dtype``: the accumulators
+# (see :func:`_accumulator_dtype`), the clip count, the kept scores and the encoded ids.
+_SUM, _TOTAL, _SCORES, _ID_BYTES, _ID_META = "sum_score", "total", "scores", "id_bytes", "id_meta"
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the score sum on ``device``: float64, so that a mean over millions of
+    clips keeps every digit a float32 score has. Apple's MPS backend has no float64
+    tensors at all, so there (only there) the sum falls back to float32."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def _clip_count(preds: Any) -> int | None:
+    """How many clips ``preds`` holds, when its form says so without reading it."""
+    if isinstance(preds, (list, tuple)):
+        return len(preds)
+    if isinstance(preds, (Tensor, np.ndarray)) and preds.ndim in (1, 2):
+        return 1 if preds.ndim == 1 else int(preds.shape[0])
+    return None  # audio.prepare names the problem
+
+
+def _check_ids(ids: Any, preds: Any = None) -> list[str] | None:
+    """``ids`` as a list of strings, refused (before anything is scored) if malformed."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(
+            f"ids= got a single string {ids!r}; give a list with one id per clip "
+            f"(e.g. ids=[{ids!r}] for one clip)."
+        )
+    try:
+        ids = list(ids)
+    except TypeError:
+        raise TypeError(f"ids= must be a list of strings, one per clip, got {type(ids).__name__}.") from None
+    for i, name in enumerate(ids):
+        if not isinstance(name, str):
+            raise TypeError(
+                f"ids[{i}] is a {type(name).__name__} ({name!r}); ids must be strings "
+                "(e.g. [str(i) for i in ...])."
+            )
+    n = _clip_count(preds)
+    if n is not None and n != len(ids):
+        raise ValueError(f"{len(ids)} ids for a batch of {n} clips; give one id per clip.")
+    return ids
+
 
 class MOSMetric(Metric):
     """Base class: mean predicted quality over every clip seen since :meth:`reset`.
 
     Subclasses set ``card_name`` (and may override :meth:`_scores` for other inputs).
+
+    State. ``sum_score`` (float64) and ``total`` (int64) reduce with ``"sum"``; with
+    ``per_utterance`` the scores (float32) and the clip ids are ``"cat"`` states. An id is
+    kept as its UTF-8 bytes (``id_bytes``, uint8) and one ``id_meta`` row ``(byte length,
+    rank)``: a length of -1 marks a clip given no id, and the rank is the global rank of
+    the process that scored it (-1 outside a multi-process run). torchmetrics keeps
+    these in step with the scores through ``reset``, ``forward``, ``merge_state``,
+    compute groups and DDP sync (within ``process_group``). :meth:`update` checks
+    everything before it changes any state, so a rejected batch leaves no trace.
+
+    Default ids are given at :meth:`compute`: a clip's position among the clips its
+    process scored, ``"0"``, ``"1"``, ... (counting named clips too), prefixed
+    ``"r<rank>-"`` in a multi-process run, so they are unique across ranks. A
+    ``forward`` step's value numbers the clips of that batch alone.
+
+    Precision. ``set_dtype`` changes :attr:`dtype` but not these states: the sum stays
+    float64 (float32 on Apple MPS, which has no float64), the count an integer, the kept
+    scores float32, so no mean loses digits to fp16/bf16. :meth:`compute` returns float32.
 
     Args:
         fs: sample rate of the audio passed to :meth:`update`; resampled to the model's.
@@ -64,11 +130,13 @@ class MOSMetric(Metric):
         net = self._build(checkpoint, sha256, **(model_kwargs or {}))
         # Kept out of nn.Module's registry on purpose: not in state_dict, not in parameters().
         object.__setattr__(self, "_net", net.eval())
-        self.add_state("sum_score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        acc = _accumulator_dtype(self.device)
+        self.add_state(_SUM, torch.tensor(0.0, dtype=acc, device=self.device), dist_reduce_fx="sum")
+        self.add_state(_TOTAL, torch.tensor(0, dtype=torch.long, device=self.device), dist_reduce_fx="sum")
         if self.per_utterance:
-            self.add_state("scores", [], dist_reduce_fx="cat")
-        self._ids: list[str] = []
+            self.add_state(_SCORES, [], dist_reduce_fx="cat")
+            self.add_state(_ID_BYTES, [], dist_reduce_fx="cat")
+            self.add_state(_ID_META, [], dist_reduce_fx="cat")
 
     def _build(self, checkpoint: Any, sha256: str | None, **model_kwargs: Any) -> nn.Module:
         return models.load(self.card.name, checkpoint=checkpoint, sha256=sha256, **model_kwargs)
@@ -78,9 +146,33 @@ class MOSMetric(Metric):
         """The predictor network (on the metric's device, in eval mode)."""
         return self._net
 
-    def _apply(self, fn: Any, exclude_state: Sequence[str] = "") -> nn.Module:
-        this = super()._apply(fn, exclude_state)
-        self._net.to(self.device)  # follow the device, never a dtype change
+    def _state_dtypes(self) -> dict[str, torch.dtype]:
+        """The states whose dtype the metric fixes (on its current device)."""
+        fixed = {_SUM: _accumulator_dtype(self.device), _TOTAL: torch.long}
+        if self.per_utterance:
+            fixed.update({_SCORES: torch.float32, _ID_BYTES: torch.uint8, _ID_META: torch.long})
+        return fixed
+
+    def _apply(self, fn: Any, exclude_state: Sequence[str] = ()) -> nn.Module:
+        exclude_state = (exclude_state,) if isinstance(exclude_state, str) else tuple(exclude_state)
+        fixed = [k for k in self._state_dtypes() if k in self._defaults and k not in exclude_state]
+        computed = self._computed
+        this = super()._apply(fn, exclude_state=(*exclude_state, *fixed))
+        # torchmetrics has set self.device; the fixed states follow it with their own dtype.
+        dtypes = self._state_dtypes()
+        for key in fixed:
+            dtype = dtypes[key]
+            default, value = this._defaults[key], getattr(this, key)
+            if isinstance(default, Tensor):
+                this._defaults[key] = default.to(self.device, dtype)
+            if isinstance(value, Tensor):
+                setattr(this, key, value.to(self.device, dtype))
+            else:
+                setattr(this, key, [v.to(self.device, dtype) for v in value])
+        if self._dtype_convert:
+            this._computed = computed  # set_dtype must not round a cached result either
+        if getattr(self, "_net", None) is not None:
+            self._net.to(self.device)  # follow the device, never a dtype change
         return this
 
     def train(self, mode: bool = True) -> MOSMetric:
@@ -93,34 +185,110 @@ class MOSMetric(Metric):
     def update(self, preds: Any, lengths: Any = None, ids: Sequence[str] | None = None) -> None:
         """Score a batch: (T,), (B, T) (+ ``lengths``) or a list of 1-D clips at ``fs``.
 
-        ``ids`` (optional) name the clips in errors and in per-utterance results.
+        ``ids`` (optional): a list of strings, one per clip; they name the clips in errors
+        and in per-utterance results. A wrong count or a plain string is an error, and a
+        batch that raises changes no state.
         """
+        ids = _check_ids(ids, preds)
         scores = self._scores(preds, lengths, ids)
         self._accumulate(scores, ids)
 
     def _scores(self, preds: Any, lengths: Any, ids: Sequence[str] | None) -> Tensor:
         return functional.score(self._net, self.card, preds, self.fs, lengths, names=ids)
 
-    def _accumulate(self, scores: Tensor, ids: Sequence[str] | None) -> None:
-        scores = scores.detach().to(self.device)
-        self.sum_score += scores.double().sum()
-        self.total += scores.numel()
+    def _accumulate(self, scores: Tensor, ids: list[str] | None) -> None:
+        """Add a scored batch: every new value is built first, then the state is changed
+        by steps that cannot fail."""
+        scores = scores.detach().reshape(-1)
+        n = scores.numel()
+        if ids is not None and len(ids) != n:
+            raise ValueError(f"{len(ids)} ids for a batch of {n} clips; give one id per clip.")
+        new_sum = self.sum_score + scores.to(self.sum_score.device, self.sum_score.dtype).sum()
+        new_total = self.total + n
         if self.per_utterance:
-            self.scores.append(scores.float())
-            if ids is not None and len(ids) != scores.numel():
-                raise ValueError(f"{len(ids)} ids for a batch of {scores.numel()} clips.")
-            start = len(self._ids)
-            self._ids.extend(list(ids) if ids is not None else [str(start + i) for i in range(scores.numel())])
+            kept = scores.to(self.device, torch.float32)
+            id_bytes, id_meta = self._encode_ids(ids, n)
+        self.sum_score = new_sum
+        self.total = new_total
+        if self.per_utterance:
+            self.scores.append(kept)
+            self.id_bytes.append(id_bytes)
+            self.id_meta.append(id_meta)
+
+    def _encode_ids(self, ids: list[str] | None, n: int) -> tuple[Tensor, Tensor]:
+        """ids -> (uint8 bytes, (n, 2) int64 rows of (byte length or -1, rank))."""
+        dist = torch.distributed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else -1
+        if ids is None:
+            data, sizes = b"", [-1] * n
+        else:
+            encoded = [i.encode("utf-8") for i in ids]
+            data, sizes = b"".join(encoded), [len(e) for e in encoded]
+        id_bytes = torch.frombuffer(bytearray(data), dtype=torch.uint8).clone() if data else torch.zeros(0, dtype=torch.uint8)
+        id_meta = torch.tensor([[s, rank] for s in sizes], dtype=torch.long).reshape(n, 2)
+        return id_bytes.to(self.device), id_meta.to(self.device)
+
+    def _decode_ids(self) -> list[str]:
+        data = bytes(_cat(self.id_bytes, torch.uint8).cpu().numpy().tobytes())
+        meta = _cat(self.id_meta, torch.long).reshape(-1, 2).tolist()
+        ids, pos, seen = [], 0, {}
+        for size, rank in meta:
+            k = seen.get(rank, 0)
+            seen[rank] = k + 1
+            if size < 0:
+                ids.append(str(k) if rank < 0 else f"r{rank}-{k}")
+            else:
+                ids.append(data[pos : pos + size].decode("utf-8"))
+                pos += size
+        return ids
 
     def compute(self) -> Tensor | dict[str, Any]:
         """Mean score (a scalar tensor); with ``per_utterance`` a dict with every score."""
-        mean = (self.sum_score / self.total).float() if self.total > 0 else torch.tensor(float("nan"), device=self.device)
+        if self.total > 0:
+            mean = (self.sum_score / self.total).float()
+        else:
+            mean = torch.tensor(float("nan"), device=self.device)
         if not self.per_utterance:
             return mean
-        scores = self.scores
-        if isinstance(scores, list):
-            scores = torch.cat(scores) if scores else torch.zeros(0, device=self.device)
-        return {"mean": mean, "scores": scores, "ids": self._gather_ids()}
+        scores = _cat(self.scores, torch.float32, self.device)
+        ids = self._decode_ids()
+        if len(ids) != scores.numel():  # cannot happen through the public API
+            raise RuntimeError(f"{type(self).__name__}: {len(ids)} ids for {scores.numel()} scores.")
+        return {"mean": mean, "scores": scores, "ids": ids}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Score a batch, add it to the state and return the batch's own value.
+
+        A batch that raises leaves the accumulated state as it was (torchmetrics'
+        ``forward`` resets the state before it scores the batch)."""
+        # update() never changes a state tensor in place and reset() empties lists in place,
+        # so tensors plus copies of the lists are a snapshot.
+        saved = {key: (list(v) if isinstance(v, list) else v) for key, v in self.metric_state.items()}
+        count, on_cpu = self._update_count, self.compute_on_cpu
+        try:
+            return super().forward(*args, **kwargs)
+        except BaseException:
+            for key, value in saved.items():
+                setattr(self, key, value)
+            self._update_count, self.compute_on_cpu = count, on_cpu
+            self._is_synced, self._should_unsync, self._to_sync = False, True, self.sync_on_compute
+            self._enable_grad, self._computed, self._cache = False, None, None
+            raise
+
+    def _wrap_update(self, update: Any) -> Any:
+        # torchmetrics counts an update before running it; a rejected batch must not count.
+        wrapped = super()._wrap_update(update)
+
+        @functools.wraps(wrapped)
+        def counted_if_accepted(*args: Any, **kwargs: Any) -> None:
+            count = self._update_count
+            try:
+                wrapped(*args, **kwargs)
+            except BaseException:
+                self._update_count = count
+                raise
+
+        return counted_if_accepted
 
     def _wrap_compute(self, compute: Any) -> Any:
         # torchmetrics squeezes every one-element tensor of a compute() result to 0-d; the
@@ -136,17 +304,16 @@ class MOSMetric(Metric):
 
         return per_utterance_shapes
 
-    def _gather_ids(self) -> list[str]:
-        dist = torch.distributed
-        if self._to_sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-            dist.all_gather_object(parts, self._ids)  # rank order, as torchmetrics cats states
-            return [i for p in parts for i in p]
-        return list(self._ids)
-
-    def reset(self) -> None:
-        super().reset()
-        self._ids = []
+    def _sync_dist(self, *args: Any, **kwargs: Any) -> None:
+        # A rank with no clips would send torchmetrics' placeholder (an empty tensor of the
+        # metric's dtype) for every "cat" state; send empties of each state's own dtype and
+        # shape instead, or the gathered bytes, rows and scores would not concatenate.
+        empty = {_SCORES: (0,), _ID_BYTES: (0,), _ID_META: (0, 2)}
+        dtypes = self._state_dtypes()
+        for key, shape in empty.items():
+            if key in self._defaults and isinstance(getattr(self, key), list) and not getattr(self, key):
+                setattr(self, key, [torch.zeros(shape, dtype=dtypes[key], device=self.device)])
+        super()._sync_dist(*args, **kwargs)
 
     def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: Any = None) -> Any:
         """Plot a single or multiple values (see ``torchmetrics.Metric._plot``)."""
@@ -158,3 +325,10 @@ class MOSMetric(Metric):
 
     def extra_repr(self) -> str:
         return f"model={self.card.name!r}, fs={self.fs}, per_utterance={self.per_utterance}"
+
+
+def _cat(state: Tensor | list[Tensor], dtype: torch.dtype, device: Any = None) -> Tensor:
+    """A "cat" state as one tensor (a list before sync, a tensor after)."""
+    if isinstance(state, Tensor):
+        return state
+    return torch.cat(state) if state else torch.zeros(0, dtype=dtype, device=device)

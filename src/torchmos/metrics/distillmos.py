@@ -13,17 +13,19 @@ __all__ = ["DistillMOS"]
 class DistillMOS(MOSMetric):
     """DistillMOS: no-reference MOS of natural speech, in [1, 5] (higher is better).
 
-    A 4.4 M-parameter CNN + transformer distilled from an XLS-R based predictor
-    (Stahl & Gamper, ICASSP 2025). Official weights ship in the ``distillmos`` package, so
-    it works offline. Clips shorter than 7.68 s are zero-padded; longer ones are scored as
-    the mean of overlapping 7.68 s crops. Trained on natural speech (noise suppression,
-    codecs, packet loss); weak on TTS and voice conversion.
+    A CNN + transformer of 4,133,226 parameters (counted by tests/unit/test_distillmos.py),
+    distilled from an XLS-R based predictor (Stahl & Gamper, ICASSP 2025). Official
+    weights ship in the ``distillmos`` package, so it works offline. Clips shorter than
+    7.68 s are zero-padded; longer ones are scored as the mean of overlapping 7.68 s crops.
+    Trained on natural speech (noise suppression, codecs, packet loss); weak on TTS and
+    voice conversion.
 
     Args:
         fs: sample rate of the audio given to :meth:`update` (resampled to 16 kHz).
         checkpoint: a local weight file instead of the official one.
         precision: ``"fp32"`` (faithful to the reference within 1e-4) or ``"bf16"``
-            (opt-in, about 3x faster on CPUs with bf16; see docs/performance.md).
+            (opt-in and approximate: the CNN in bfloat16 on CPUs with native bf16; its speed
+            and error are measured in docs/performance.md).
         per_utterance: also keep every clip's score (compute() returns a dict).
         kwargs: ``torchmetrics.Metric`` options.
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import audio, functional, hub
-from .base import MOSMetric
+from .base import MOSMetric, _check_ids
 
 __all__ = ["ScoreqNR", "ScoreqRef", "scoreq_nr", "scoreq_ref"]
 
@@ -180,7 +180,9 @@ class ScoreqRef(MOSMetric):
 
         ``preds``/``target``: (T,), (B, T) (+ ``lengths``/``target_lengths``) or lists of
         1-D clips at ``fs``; ``target[b]`` is the clean reference of ``preds[b]``.
+        ``ids``: a list of strings, one per clip; a batch that raises changes no state.
         """
+        ids = _check_ids(ids, preds)
         scores = self._ref_scores(preds, target, lengths, target_lengths, ids)
         self._accumulate(scores, ids)
 

@@ -1,4 +1,4 @@
-"""DistillMOS: a 4.4 M-parameter no-reference MOS predictor (SPECS §1).
+"""DistillMOS: a 4.1 M-parameter no-reference MOS predictor (SPECS §1).
 
 Power-law compressed complex STFT -> 6-layer 2-D CNN -> NISQA-style transformer with
 attention pooling, applied to 7.68 s crops of 16 kHz audio; the clip's score is the mean
@@ -26,7 +26,7 @@ MAX_HOP = 16000
 FRAMES = 384
 HOP, WIN = 160, 320
 
-__all__ = ["DistillMOSModel", "crop_starts"]
+__all__ = ["DistillMOSModel", "bf16_supported", "bf16_supported_on", "crop_starts"]
 
 
 def crop_starts(length: int) -> list[int]:
@@ -134,14 +134,34 @@ def bf16_supported() -> bool:
         return False
 
 
+def bf16_supported_on(device: str | torch.device) -> bool:
+    """Whether ``device`` runs bf16 natively: the CPU (:func:`bf16_supported`), or a CUDA
+    (or ROCm) GPU with native bf16 (compute capability 8.0 or newer; emulated bf16 is no
+    faster than fp32). Other device types: no.
+
+    >>> bf16_supported_on("meta")
+    False
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return bf16_supported()
+    if dev.type == "cuda":
+        if dev.index is None:  # the current GPU
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        with torch.cuda.device(dev.index):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return False
+
+
 class DistillMOSModel(nn.Module):
     """DistillMOS network plus its cropping; scores clips of any length independently.
 
     Args:
         precision: ``"fp32"`` (default, faithful to the reference to 1e-4) or ``"bf16"``
             (the CNN in bfloat16, channels-last; STFT and head in fp32). bf16 is opt-in,
-            its error is measured in ``docs/performance.md``; on a CPU without native bf16
-            it falls back to fp32 with a warning.
+            its error is measured in ``docs/performance.md``. It is decided for the device
+            the model runs on (the CPU, or the GPU it was moved to); on a device without
+            native bf16 it runs fp32, with a warning at the first call there.
         crops_per_batch: how many 7.68 s crops go through the network at once. Default:
             1 on CPU (measured fastest there: see docs/performance.md), 32 on GPU.
 
@@ -157,7 +177,7 @@ class DistillMOSModel(nn.Module):
         self.cnn = _ComplexSpecCNN()
         self.transformer_pool_attn = _Head()
         self.crops_per_batch = crops_per_batch
-        self.precision = "fp32"
+        self._warned_fp32: set[str] = set()  # devices already told about the bf16 fallback
         self.set_precision(precision)
         self.eval()
 
@@ -195,17 +215,49 @@ class DistillMOSModel(nn.Module):
         self.load_state_dict(sd, strict=True)
 
     def set_precision(self, precision: str) -> None:
+        """Ask for ``"fp32"`` or ``"bf16"``. Whether bf16 is used is decided for the device
+        the model runs on, at each call (:func:`bf16_supported_on`): a bf16 model moved to
+        a GPU with bf16 uses it there, whatever the host CPU; on a device without native
+        bf16 it runs exact fp32, with a warning the first time on that device."""
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
-        if precision == "bf16" and not bf16_supported():
-            warnings.warn(
-                "precision='bf16' requested but this CPU has no native bf16 support "
-                "(AVX512-BF16/AMX); falling back to exact fp32.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            precision = "fp32"
-        self.precision = precision
+        self.requested_precision = precision
+
+    @property
+    def device(self) -> torch.device:
+        return self.cnn.cnn[0].weight.device
+
+    def precision_on(self, device: str | torch.device) -> str:
+        """The precision this model runs at on ``device``: ``"bf16"`` only when it was asked
+        for and the device has native bf16, else ``"fp32"``."""
+        if self.requested_precision == "bf16" and bf16_supported_on(device):
+            return "bf16"
+        return "fp32"
+
+    @property
+    def precision(self) -> str:
+        """The precision on the model's current device (see :meth:`precision_on`)."""
+        return self.precision_on(self.device)
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.set_precision(value)
+
+    def _bf16(self, device: torch.device) -> bool:
+        """Whether this call runs the CNN in bf16 on ``device`` (warns once per device on
+        a fallback)."""
+        if self.requested_precision != "bf16":
+            return False
+        if self.precision_on(device) == "bf16":
+            return True
+        where = str(device)
+        if where not in self._warned_fp32:
+            self._warned_fp32.add(where)
+            what = "this CPU has no native bf16 support (AVX512-BF16/AMX)" if device.type == "cpu" \
+                else f"{where} has no native bf16 support"
+            warnings.warn(f"precision='bf16' requested but {what}; falling back to exact fp32.",
+                          RuntimeWarning, stacklevel=2)
+        return False
 
     def train(self, mode: bool = True) -> DistillMOSModel:
         # Inference module: BatchNorm must use running statistics, always.
@@ -217,7 +269,7 @@ class DistillMOSModel(nn.Module):
         """(N, 122880) crops -> (N,) MOS in [1, 5], each crop peak-normalised."""
         crops = crops / (crops.abs().amax(dim=1, keepdim=True) + 1e-8)
         spec = self.cnn.spectrum(crops).contiguous(memory_format=torch.channels_last)
-        if self.precision == "bf16":
+        if self._bf16(spec.device):
             with torch.autocast(spec.device.type, dtype=torch.bfloat16):
                 feat = self.cnn(spec).float()
         else:
@@ -240,7 +292,7 @@ class DistillMOSModel(nn.Module):
             for s in crop_starts(w.shape[0]):
                 crops.append(w[s : s + SEQ_LEN])
                 owner.append(b)
-        device = self.cnn.cnn[0].weight.device
+        device = self.device
         step = self.crops_per_batch or (1 if device.type == "cpu" else 32)
         scores = torch.cat([
             self.score_crops(torch.stack(crops[i : i + step]).to(device)) for i in range(0, len(crops), step)

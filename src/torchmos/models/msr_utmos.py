@@ -16,10 +16,11 @@ cover the same time span at every rate.
 Pieces:
 
 * :class:`SFISSLModel`: a ``transformers`` Wav2Vec2Model / HubertModel / WavLMModel with
-  ``feature_extractor.conv_layers[0].conv`` replaced by an :class:`SFIConv1d`
-  (``set_sample_rate(fs)``), everything else unchanged. :meth:`SFISSLModel.from_teacher`
-  copies a 16 kHz model's weights for all other layers and fits the SFI filters to its
-  first-layer kernels.
+  ``feature_extractor.conv_layers[0].conv`` replaced by an :class:`SFIConv1d`, everything
+  else unchanged. The rate is an argument of each call (``model(x, fs)``), never written
+  onto the model, so one shared model serves concurrent callers at different rates.
+  :meth:`SFISSLModel.from_teacher` copies a 16 kHz model's weights for all other layers
+  and fits the SFI filters to its first-layer kernels.
 * :class:`MsrUtmosModel`: the SFI SSL model plus the MOS head. ``forward(clips,
   sample_rate)`` scores each clip by itself (clips of equal rate and length share a batch),
   so a score never depends on the rest of the batch.
@@ -158,7 +159,9 @@ class SFISSLModel(nn.Module):
             as far as it is public; see the docs).
 
     ``forward(input_values, sample_rate=None, output_hidden_states=False)`` returns the
-    backbone's output for a (B, T) batch at ``sample_rate`` (default: the last one set).
+    backbone's output for a (B, T) batch at ``sample_rate`` (default: the SFI layer's
+    default rate, see :meth:`set_sample_rate`). The rate reaches the SFI layer through
+    :meth:`SFIConv1d.at_rate` for this call only: nothing is written onto the model.
     """
 
     def __init__(self, arch: str, transformers_config: Mapping[str, Any],
@@ -232,7 +235,8 @@ class SFISSLModel(nn.Module):
         return self.conv0.sample_rate
 
     def set_sample_rate(self, sample_rate: int) -> None:
-        """Generate the first layer's kernels for ``sample_rate`` from now on."""
+        """Change the default rate (used by calls that give none). This edits the model:
+        never call it on a shared model; pass the rate to each call instead."""
         self.conv0.set_sample_rate(sample_rate)
 
     def frames(self, length: int, sample_rate: int | None = None) -> int:
@@ -245,9 +249,10 @@ class SFISSLModel(nn.Module):
 
     def forward(self, input_values: Tensor, sample_rate: int | None = None,
                 output_hidden_states: bool = False) -> Any:
-        if sample_rate is not None:
-            self.set_sample_rate(sample_rate)
-        return self.backbone(input_values, output_hidden_states=output_hidden_states)
+        if sample_rate is None:
+            return self.backbone(input_values, output_hidden_states=output_hidden_states)
+        with self.conv0.at_rate(sample_rate):
+            return self.backbone(input_values, output_hidden_states=output_hidden_states)
 
 
 def load_ssl(source: str | os.PathLike | Mapping[str, Any]) -> SFISSLModel:
@@ -496,8 +501,13 @@ def lightning_config(state_dict: Mapping[str, Tensor], arch: str | None = None,
                      transformers_config: Mapping[str, Any] | None = None,
                      sfi: Mapping[str, Any] | None = None, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The torchmos config of an authors' MSR-UTMOS Lightning state dict, inferred from key
-    names and shapes (layers, sizes, filter type); ``num_attention_heads`` is 12 unless
-    given in ``transformers_config``. Arguments override what is inferred."""
+    names and shapes (layers, sizes, heads, filter type). Arguments override what is
+    inferred.
+
+    The number of attention heads is read from WavLM's relative-position table (one column
+    per head); wav2vec 2.0 and HuBERT weights do not show it, so it is ``hidden_size // 64``
+    (their 64-wide heads: 12 for BASE, 16 for LARGE), as the SCOREQ loader does. Give
+    ``transformers_config={"num_attention_heads": n}`` for another layout."""
     sd = {k: v for k, v in state_dict.items()}
     if "listenr_embedding.weight" not in sd or not any(k.startswith("ssl_model.") for k in sd):
         raise ValueError("not an MSR-UTMOS Lightning state dict: it needs 'ssl_model.*' and "
@@ -536,6 +546,7 @@ def lightning_config(state_dict: Mapping[str, Tensor], arch: str | None = None,
         cfg.update(num_conv_pos_embeddings=int(w.shape[2]), num_conv_pos_embedding_groups=int(hidden // w.shape[1]))
     if "ssl_model.masked_spec_embed" not in sd:
         cfg.update(mask_time_prob=0.0)
+    cfg["num_attention_heads"] = _infer_heads(sd, int(hidden))
     cfg.update(dict(transformers_config or {}))
     if arch == "wavlm":
         rel = sd.get("ssl_model.encoder.layers.0.attention.rel_attn_embed.weight")
@@ -563,6 +574,17 @@ def lightning_config(state_dict: Mapping[str, Tensor], arch: str | None = None,
     options.update(dict(sfi or {}))
     return {"ssl": {"arch": arch, "transformers_config": cfg, "sfi": options}, "listeners": int(listeners),
             "sr_embedding": "sr_embedding.weight" in sd}
+
+
+def _infer_heads(sd: Mapping[str, Tensor], hidden: int) -> int:
+    """Attention heads of the SSL encoder in an authors' state dict (see :func:`lightning_config`)."""
+    rel = sd.get("ssl_model.encoder.layers.0.attention.rel_attn_embed.weight")  # WavLM: (buckets, heads)
+    if isinstance(rel, Tensor) and rel.dim() == 2:
+        return int(rel.shape[1])
+    heads = max(1, hidden // 64)
+    while hidden % heads:  # a width that is not a multiple of 64: the nearest count that divides it
+        heads -= 1
+    return heads
 
 
 def convert_lightning_checkpoint(ckpt: Mapping[str, Any], model: MsrUtmosModel | None = None,

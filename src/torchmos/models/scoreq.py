@@ -544,8 +544,17 @@ class ScoreqModel(nn.Module):
 
     @torch.no_grad()
     def _fuse_qkv(self) -> None:
-        """Store each layer's q, k, v weights (and biases) adjacently, as views of one
-        tensor, so attention projects with one GEMM and no copy (kept after ``.to()``)."""
+        """Store each layer's q, k, v weights (and biases) back to back in one tensor, so
+        attention projects with one GEMM and no copy.
+
+        The registered Parameters stay the same objects (state_dict keys, an optimiser or
+        DDP built earlier, hooks): only their storage is rebound (``p.data = ...``), as
+        ``Module.to()`` itself does. Called after construction and after every
+        ``.to()`` / ``.double()`` / ``.half()``, which give each tensor its own storage; an
+        optimiser's in-place step or ``load_state_dict`` writes through to the fused tensor.
+        Should adjacency be lost otherwise (a Parameter replaced by hand), :meth:`_qkv`
+        concatenates on the fly.
+        """
         if self.backbone.encoder.layers[0].attention.q_proj.weight.is_meta:
             return
         for layer in self.backbone.encoder.layers:
@@ -557,8 +566,8 @@ class ScoreqModel(nn.Module):
                     continue
                 fused = torch.cat([p.detach() for p in ps])
                 n = ps[0].shape[0]
-                for i, (m, p) in enumerate(zip(mods, ps)):
-                    setattr(m, name, nn.Parameter(fused[i * n:(i + 1) * n], requires_grad=p.requires_grad))
+                for i, p in enumerate(ps):
+                    p.data = fused[i * n:(i + 1) * n]
 
     def _apply(self, fn: Any, recurse: bool = True) -> ScoreqModel:
         out = super()._apply(fn, recurse)

@@ -57,6 +57,9 @@ that edits parameters through ``.data`` bypasses version counters: call
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -74,6 +77,11 @@ __all__ = [
 ]
 
 MAX_PHASES = 128  # exact for every common rate (11.025 kHz needs 128 with K0=10, S0=5 at 16 kHz)
+
+# The rate of the call in progress, per layer (id -> Hz), set by SFIConv1d.at_rate. A context
+# variable is private to its thread (and asyncio task): concurrent callers of one shared
+# layer each see their own rate, and nothing is written onto the layer.
+_CALL_RATES: ContextVar[dict[int, int] | None] = ContextVar("torchmos_sfi_call_rates", default=None)
 
 
 def hz_to_erb(f: Tensor | float) -> Tensor:
@@ -270,13 +278,16 @@ class SFIConv1d(nn.Module):
         n_freq: frequencies sampled in ``[0, Fs/2]`` for the design (640 as the authors).
         bias: add a learnable bias per output channel.
         sample_rate: the default rate used by ``forward(x)`` without ``sample_rate=``
-            (see :meth:`set_sample_rate`); ``ref_sample_rate`` if not given.
+            (outside :meth:`at_rate`; see :meth:`set_sample_rate`); ``ref_sample_rate``
+            if not given.
         init_sigma_hz, freq_range: initialisation of the Gaussian filters.
         n_rff, hidden, rff_scale, naf_norm, norm_freq: the neural analog filter
             (:class:`NeuralAnalogFilter`).
 
     ``forward(x, sample_rate)``: ``x`` is (B, in_channels, L) or (B, L) for one input
-    channel; returns (B, out_channels, frames).
+    channel; returns (B, out_channels, frames). When the layer sits inside a model that
+    calls it without a rate (a ``transformers`` feature encoder), the caller passes the
+    rate with ``with layer.at_rate(fs): model(x)``, which writes nothing onto the layer.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
@@ -311,9 +322,36 @@ class SFIConv1d(nn.Module):
     # -- rates and geometry -------------------------------------------------------------
 
     def set_sample_rate(self, sample_rate: int) -> None:
-        """Rate used by ``forward(x)`` when no ``sample_rate=`` is given."""
+        """Change the layer's default rate, used by ``forward(x)`` when no ``sample_rate=``
+        is given and no :meth:`at_rate` block is open. This edits the layer: for the rate
+        of one call use ``sample_rate=`` or :meth:`at_rate`."""
         self.geometry(sample_rate)  # validates
         self.sample_rate = int(sample_rate)
+
+    @contextmanager
+    def at_rate(self, sample_rate: int) -> Iterator[None]:
+        """Within the block, calls without ``sample_rate=`` in this thread (or asyncio
+        task) run at ``sample_rate``; other threads and the layer's default are untouched.
+
+        >>> layer = SFIConv1d(1, 4, kernel_size=10, stride=5)
+        >>> with layer.at_rate(48000):
+        ...     inside = layer(torch.randn(1, 48000)).shape[-1]
+        >>> inside, layer.sample_rate
+        (3199, 16000)
+        """
+        fs = self.geometry(sample_rate).sample_rate  # validates
+        token = _CALL_RATES.set({**(_CALL_RATES.get() or {}), id(self): fs})
+        try:
+            yield
+        finally:
+            _CALL_RATES.reset(token)
+
+    def _rate(self, sample_rate: int | None) -> int:
+        """The rate of this call: ``sample_rate``, else the open :meth:`at_rate`, else the default."""
+        if sample_rate:
+            return int(sample_rate)
+        rates = _CALL_RATES.get()
+        return self.sample_rate if rates is None else rates.get(id(self), self.sample_rate)
 
     def geometry(self, sample_rate: int) -> Geometry:
         """Kernel size, stride and tap placement at ``sample_rate`` (cached)."""
@@ -354,7 +392,7 @@ class SFIConv1d(nn.Module):
 
     def output_length(self, length: int, sample_rate: int | None = None) -> int:
         """Frames produced for an input of ``length`` samples at ``sample_rate``."""
-        return self.geometry(sample_rate or self.sample_rate).frames(int(length))
+        return self.geometry(self._rate(sample_rate)).frames(int(length))
 
     def delays(self, sample_rate: int, dtype: torch.dtype = torch.float64) -> Tensor:
         """(q, K) delays in seconds of each tap before its frame's centre, per phase."""
@@ -436,7 +474,7 @@ class SFIConv1d(nn.Module):
         kernel ``j`` serves frames ``j, j + q, j + 2q, ...``. Cached when no gradient can
         reach the filters (see the module docs).
         """
-        fs = int(sample_rate or self.sample_rate)
+        fs = self._rate(sample_rate)
         params = list(self.analog.parameters())
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self._generate(fs)
@@ -490,7 +528,7 @@ class SFIConv1d(nn.Module):
             x = x[:, None]
         if x.dim() != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, L), got {tuple(x.shape)}.")
-        fs = int(sample_rate or self.sample_rate)
+        fs = self._rate(sample_rate)
         g = self.geometry(fs)
         n_frames = g.frames(x.shape[-1])
         w = self.kernels(fs).to(x.dtype)
