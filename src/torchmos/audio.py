@@ -268,6 +268,34 @@ def _sinc_table(o: int, n: int, width: int, base: float, dtype: torch.dtype | No
     return table
 
 
+def import_torchaudio() -> Any:
+    """``import torchaudio``, or an ImportError that says which torch it needs.
+
+    PyPI's torchaudio wheels load only beside the torch builds they were made for, and
+    pip does not know it: torchaudio 2.11.1 needs torch 2.13 or 2.14 (with torch 2.11 or
+    2.12 its libraries miss symbols), torchaudio 2.11.0 needs torch 2.11 or 2.12, and
+    torchaudio 2.11.1 does not load beside a CPU-only torch (docs/install.md has the
+    measured matrix)."""
+    try:
+        import torchaudio
+    except OSError as e:  # the C++ extension does not load beside this torch
+        import importlib.metadata as md
+
+        try:
+            version = md.version("torchaudio")
+        except md.PackageNotFoundError:  # pragma: no cover - imported, so it is installed
+            version = "?"
+        fix = ("pip install 'torch>=2.13,<2.15'" if version.startswith("2.11.1") else
+               "pip install 'torchaudio==2.11.1' 'torch>=2.13,<2.15'")
+        raise ImportError(
+            f"torchaudio {version} does not load beside torch {torch.__version__} (built for another "
+            f"torch, or this torch is CPU-only: {str(e)[-160:]}). torchmos needs it to resample audio "
+            f"that is not at the model's rate. Install a pair that loads together: {fix} (or "
+            "torchaudio==2.11.0 with torch 2.11/2.12); see docs/install.md."
+        ) from e
+    return torchaudio
+
+
 def _build_filter(orig: int, new: int, dtype: torch.dtype, device: torch.device, where: str) -> _Filter:
     g = math.gcd(orig, new)
     o, n = orig // g, new // g
@@ -277,9 +305,7 @@ def _build_filter(orig: int, new: int, dtype: torch.dtype, device: torch.device,
     if n * (2 * width + o) <= DENSE_MAX_TAPS:
         # torchaudio is imported here, on the first clip that needs resampling, and never
         # by ``import torchmos`` or by scoring audio already at the model's rate.
-        import torchaudio
-
-        kernel = torchaudio.transforms.Resample(orig, new, dtype=kernel_dtype).kernel
+        kernel = import_torchaudio().transforms.Resample(orig, new, dtype=kernel_dtype).kernel
         return _Filter(o, n, width, dense=kernel.to(device=device, dtype=dtype))
     size = n * (2 * width + 2) * max(4, torch.empty(0, dtype=dtype).element_size())
     if size > TABLE_MAX_BYTES:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import audio
+
 __all__ = ["CLEAN_MOS", "DEGRADATIONS", "MOS_MODEL", "add_noise", "apply_kind", "clip", "degrade", "dropouts", "labelled_set",
            "lowpass", "speech_like"]
 
@@ -36,8 +38,7 @@ def _resonate(x: torch.Tensor, freq: float, bw: float, fs: int) -> torch.Tensor:
     b, c = 2 * r * math.cos(2 * math.pi * freq / fs), -r * r
     a_coeffs = torch.tensor([1.0, -b, -c], dtype=x.dtype)
     b_coeffs = torch.tensor([1.0 - b - c, 0.0, 0.0], dtype=x.dtype)
-    import torchaudio.functional as taf  # only the signal generators need it
-
+    taf = audio.import_torchaudio().functional  # only the signal generators need it
     return taf.lfilter(x, a_coeffs, b_coeffs, clamp=False)
 
 
@@ -117,8 +118,7 @@ def clip(x: torch.Tensor, fraction: float = 0.3) -> torch.Tensor:
 
 def lowpass(x: torch.Tensor, fs: int, cutoff: float = 1000.0) -> torch.Tensor:
     """Low-pass filter (two cascaded biquads)."""
-    import torchaudio.functional as taf
-
+    taf = audio.import_torchaudio().functional
     return taf.lowpass_biquad(taf.lowpass_biquad(x, fs, cutoff), fs, cutoff)
 
 

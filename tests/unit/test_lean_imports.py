@@ -148,3 +148,27 @@ def test_pipeline_works_after_import_torchmos_alone(before, hf_model_dir):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["AudioQualityPipeline", "distillmos", True]
+
+
+def test_a_torchaudio_that_does_not_load_is_named_with_the_fix():
+    """A torchaudio built for another torch raises OSError on import; torchmos says which
+    pair to install instead of showing the dynamic linker's error alone."""
+    code = r'''
+import importlib.abc, sys
+class _Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchaudio":
+            raise OSError("libtorchaudio.so: undefined symbol: torch_exception_get_what_without_backtrace")
+sys.meta_path.insert(0, _Broken())
+import torch, torchmos.functional as F
+try:
+    F.distillmos([torch.randn(8000) * 0.1], fs=8000)
+except ImportError as e:
+    msg = str(e)
+    assert "does not load beside torch" in msg and "undefined symbol" in msg, msg
+    assert "pip install" in msg and "docs/install.md" in msg, msg
+    print("named")
+'''
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "named"

@@ -22,24 +22,27 @@ def test_readme_starts_with_install_and_test_commands():
     assert "-c requirements/lock.txt" in tests and "pytest" in tests
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="the lock is CPython 3.11's (and tomllib is 3.11+)")
-def test_the_lock_pins_every_runtime_dependency_inside_its_range():
-    """requirements/lock.txt: exact versions, and each inside pyproject's range."""
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the locks are CPython 3.11's (and tomllib is 3.11+)")
+@pytest.mark.parametrize("lock, extras", [("lock.txt", ["test"]),
+                                          ("lock-integrations.txt", ["test", "integrations"])])
+def test_a_lock_pins_every_dependency_inside_its_range(lock, extras):
+    """requirements/lock*.txt: exact versions, and each inside pyproject's range."""
     import tomllib
     from packaging.requirements import Requirement
 
     locked = {}
-    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
+    for line in (ROOT / "requirements" / lock).read_text().splitlines():
         if line and not line.startswith("#"):
             name, _, version = line.partition("==")
             assert version, f"not an exact pin: {line!r}"
             locked[name.lower().replace("_", "-")] = version
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for spec in meta["dependencies"] + meta["optional-dependencies"]["test"]:
+    specs = meta["dependencies"] + [d for e in extras for d in meta["optional-dependencies"][e]]
+    for spec in specs:
         req = Requirement(spec)
         name = req.name.lower().replace("_", "-")
-        assert name in locked, f"{name} is not in the lock"
-        assert req.specifier.contains(locked[name], prereleases=True), f"lock {name}=={locked[name]} outside {spec}"
+        assert name in locked, f"{name} is not in {lock}"
+        assert req.specifier.contains(locked[name], prereleases=True), f"{lock}: {name}=={locked[name]} outside {spec}"
 
 
 def test_ci_runs_the_readme_commands_and_the_integration_lane():
