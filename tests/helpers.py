@@ -6,17 +6,20 @@ dependencies, so any test lane can use it.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
+import io
 import socket
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["FileServer", "Route", "free_port", "speechlike"]
+__all__ = ["FileServer", "Route", "card", "free_port", "leftovers", "sha", "speechlike", "torch_zip"]
 
 # F1, F2, F3 (Hz) and bandwidths of five vowels (a, i, u, e, o), adult male averages.
 _FORMANTS = np.array(
@@ -99,6 +102,38 @@ def speechlike(seconds: float, fs: int = 16000, seed: int = 0, level_db: float =
     if peak > 0.99:
         x *= 0.99 / peak
     return torch.from_numpy(x.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def sha(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def card(urls=(), sha256=None, name="testcard", filename="weights.pt", package=None):
+    """A model card for hub tests: its weights at ``urls``, with an optional checksum."""
+    from torchmos.hub import ModelCard, WeightFile
+
+    return ModelCard(name=name, family="test", title="a test card", summary="",
+                     weights=WeightFile(filename=filename, urls=tuple(urls), sha256=sha256, package=package),
+                     sample_rate=16000)
+
+
+def torch_zip(seed: int = 0, size: int = 100) -> bytes:
+    """A real torch checkpoint (zip format), different for each seed."""
+    g = torch.Generator().manual_seed(seed)
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.randn(size, size, generator=g)}, "seed": seed}, buf)
+    return buf.getvalue()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Files in a cache folder other than filelock's lock file."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 # ----------------------------------------------------------------------------- HTTP

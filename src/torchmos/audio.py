@@ -297,6 +297,12 @@ def import_torchaudio() -> Any:
 
 
 def _build_filter(orig: int, new: int, dtype: torch.dtype, device: torch.device, where: str) -> _Filter:
+    if orig < MIN_RESAMPLE_RATE:
+        raise AudioError(
+            f"{where}: cannot resample {orig} Hz to {new} Hz: rates below {MIN_RESAMPLE_RATE} Hz "
+            "are not speech audio (a corrupt header?); check the file, or convert it to a "
+            "standard rate (e.g. 16000 Hz)."
+        )
     g = math.gcd(orig, new)
     o, n = orig // g, new // g
     base = min(o, n) * _ROLLOFF
@@ -330,12 +336,6 @@ class _FilterCache:
         self._lock = threading.Lock()
 
     def get(self, orig: int, new: int, dtype: torch.dtype, device: torch.device, where: str) -> _Filter:
-        if orig < MIN_RESAMPLE_RATE:
-            raise AudioError(
-                f"{where}: cannot resample {orig} Hz to {new} Hz: rates below {MIN_RESAMPLE_RATE} Hz "
-                "are not speech audio (a corrupt header?); check the file, or convert it to a "
-                "standard rate (e.g. 16000 Hz)."
-            )
         key = (orig, new, dtype, device)
         with self._lock:
             if key in self._items:
@@ -413,10 +413,11 @@ def resample(x: torch.Tensor, orig_fs: int, new_fs: int, *, where: str = "input"
     to ``torchaudio.transforms.Resample(orig_fs, new_fs)``; rates that share (almost) no
     factor, e.g. a corrupt 44101 Hz header, use a compact form of the same filter (equal to
     float32 rounding, ~1e-7) that keeps its table under ~19 MB for any rate up to 384 kHz.
-    A rate whose filter would exceed ``TABLE_MAX_BYTES``, or below ``MIN_RESAMPLE_RATE``
-    (1 kHz), is refused with an :class:`AudioError` naming ``where``. Signals longer than ``BLOCK_SAMPLES`` are
-    resampled a block at a time into the output, with the same result. Filters are cached
-    for reuse, at most ``CACHE_MAX_BYTES`` of them in all.
+    A rate whose filter would exceed ``TABLE_MAX_BYTES``, or a source rate below
+    ``MIN_RESAMPLE_RATE`` (1 kHz), is refused with an :class:`AudioError` naming ``where``.
+    Signals longer than ``BLOCK_SAMPLES`` are resampled a block at a time into the output,
+    with the same result. Filters are cached for reuse, at most ``CACHE_MAX_BYTES`` of them
+    in all.
 
     >>> resample(torch.zeros(48000), 48000, 16000).shape
     torch.Size([16000])
@@ -641,6 +642,13 @@ def load(
     Returns:
         ``Loaded(samples, rate, file_rate, frames)``: ``rate`` is ``target_fs`` when
         given, else the file's own ``file_rate``.
+
+    >>> import os, tempfile, soundfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> soundfile.write(path, torch.zeros(48000).numpy(), 48000)
+    >>> got = load(path, target_fs=16000)
+    >>> got.samples.shape, got.rate, got.file_rate, got.frames
+    (torch.Size([16000]), 16000, 48000, 48000)
     """
     source = os.fspath(source)
     label = name or source
@@ -755,11 +763,9 @@ class AudioEntry:
         """How messages name this entry: its path, or for a pipe its utterance id."""
         return f"utterance {self.id!r}" if _is_pipe(self.source) else self.source
 
-    def read(
-        self, target_fs: int | None = None, *, progress: Callable[[int, int], None] | None = None
-    ) -> tuple[torch.Tensor, int]:
-        """Read this entry (see :func:`read`; ``target_fs`` resamples while reading)."""
-        return read(self.source, name=self.label, target_fs=target_fs, progress=progress)
+    def read(self) -> tuple[torch.Tensor, int]:
+        """Read this entry at its own rate (see :func:`read`)."""
+        return read(self.source, name=self.label)
 
     def load(
         self, target_fs: int | None = None, *, progress: Callable[[int, int], None] | None = None
@@ -854,7 +860,11 @@ def _unique_ids(entries: list[AudioEntry]) -> list[AudioEntry]:
 
 
 def source_key(source: str) -> str:
-    """What identifies an entry's audio: the real path of a file, or a pipe's command."""
+    """What identifies an entry's audio: the real path of a file, or a pipe's command.
+
+    >>> source_key("sox take1.flac -t wav - | ")
+    'sox take1.flac -t wav - |'
+    """
     return source.strip() if _is_pipe(source) else os.path.realpath(source)
 
 

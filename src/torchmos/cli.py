@@ -244,7 +244,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     options = {"precision": args.precision} if args.precision else {}
-    model = functional.get_model(name, checkpoint, args.sha256, device=device, **options)
+    model = functional.get_model(name, checkpoint, device=device, **options)  # --sha256: checked above
 
     failures: list[tuple[str, str]] = []
     refs = ref_set = None
@@ -493,10 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _plain_warning
         try:
             return int(args.func(args))
-        except UsageError as e:
-            print(f"torchmos: error: {e}", file=sys.stderr)
-            return USAGE
-        except (hub.HubError, audio.AudioError, KeyError, ValueError) as e:
+        except (UsageError, hub.HubError, audio.AudioError, KeyError, ValueError) as e:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f"torchmos: error: {msg}", file=sys.stderr)
             return USAGE

@@ -199,14 +199,19 @@ def _remove_orphans(target: Path) -> list[Path]:
     """Delete the temporary files (``<file>.*.part``, the record's included) that a killed
     download left beside ``target``. Only under ``target``'s lock: every writer of these
     files holds it, so none of them is being written."""
+    return _unlink(p for p in target.parent.iterdir()
+                   if p.name.startswith(target.name + ".") and p.name.endswith(".part") and p.is_file())
+
+
+def _unlink(paths: Any) -> list[Path]:
+    """Delete ``paths`` in order; returns those that existed."""
     removed = []
-    for p in target.parent.iterdir():
-        if p.name.startswith(target.name + ".") and p.name.endswith(".part") and p.is_file():
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(p)
+    for p in paths:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(p)
     return removed
 
 
@@ -352,7 +357,12 @@ def resolve(
 def check_file(checkpoint: str | os.PathLike, sha256: str | None = None) -> Path:
     """A user's own weight file: it must exist and, when ``sha256`` is pinned (64 hex
     digits, ``sha256:`` prefix allowed), match it. Checked before the file is ever read as
-    a checkpoint."""
+    a checkpoint.
+
+    >>> weights = resolve("distillmos")
+    >>> check_file(weights, "sha256:" + sha256sum(weights).upper()) == weights
+    True
+    """
     p = Path(checkpoint).expanduser()
     if not p.is_file():
         raise HubError(f"checkpoint {p}: no such file.")
@@ -381,14 +391,8 @@ def forget(card: str | ModelCard) -> list[Path]:
     if not target.parent.is_dir():
         return []
     with filelock.FileLock(str(target) + ".lock"):
-        removed = _remove_orphans(target)
-        for p in (target, _recorded(target)):  # the weights first: never seen without a record
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                continue
-            removed.append(p)
-    return removed
+        # the weights before their record: never seen without a record
+        return _remove_orphans(target) + _unlink([target, _recorded(target)])
 
 
 def _download(card: ModelCard, target: Path, pinned: str | None, progress: bool | None) -> Path:

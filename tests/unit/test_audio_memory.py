@@ -314,8 +314,9 @@ def test_read_in_blocks_keeps_its_errors(tmp_path):
 def test_audio_entry_reads_at_a_target_rate_with_progress(tmp_path):
     p = _noise_file(tmp_path / "e.wav", 48000, 1.0, 1, "PCM_16")
     calls: list[tuple[int, int]] = []
-    x, fs = AudioEntry("e", str(p)).read(16000, progress=lambda d, n: calls.append((d, n)))
-    assert fs == 16000 and x.shape == (16006,) and calls[-1] == (48017, 48017)
+    got = AudioEntry("e", str(p)).load(16000, progress=lambda d, n: calls.append((d, n)))
+    assert got.rate == 16000 and got.samples.shape == (16006,) and calls[-1] == (48017, 48017)
+    assert (got.file_rate, got.frames) == (48000, 48017)
     assert AudioEntry("e", str(p)).read()[1] == 48000
 
 

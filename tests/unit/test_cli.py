@@ -142,7 +142,6 @@ def test_demo_scores_clean_above_degraded(tmp_path, capsys):
 
 def test_scoreq_reference_modes(folder, tmp_path):
     """--reference pairs files by id; --reference-set averages over a clean set."""
-    pytest.importorskip("transformers", reason="SCOREQ's backbone is transformers' Wav2Vec2Model")
     from torchmos.models.scoreq import ScoreqModel
 
     torch.manual_seed(0)

@@ -20,9 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-pytest.importorskip("transformers", minversion="5", reason="the transformers adapter needs transformers 5")
-
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from tests.helpers import speechlike  # noqa: E402

@@ -7,7 +7,6 @@ never registered globally.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -23,30 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import free_port
+from tests.helpers import card, free_port, leftovers, sha
 from torchmos import hub
 from torchmos.hub import HubError, ModelCard, WeightFile, load_checkpoint, local_status, resolve
 
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def card(urls=(), sha256=None, name="testcard", filename="weights.pt", package=None) -> ModelCard:
-    return ModelCard(
-        name=name,
-        family="test",
-        title="a test card",
-        summary="",
-        weights=WeightFile(filename=filename, urls=tuple(urls), sha256=sha256, package=package),
-        sample_rate=16000,
-    )
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +36,6 @@ def ckpt_bytes() -> bytes:
     buf = io.BytesIO()
     torch.save({"state_dict": {"w": torch.randn(8, 4, generator=g), "b": torch.zeros(4)}, "epoch": 3}, buf)
     return buf.getvalue()
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Files in the cache folder other than filelock's lock file."""
-    if not folder.exists():
-        return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 # ============================================================================ download
@@ -519,7 +492,7 @@ def test_load_checkpoint_refuses_non_dict_and_missing(tmp_path):
 
 
 def test_load_checkpoint_safetensors(tmp_path):
-    st = pytest.importorskip("safetensors.torch", reason="the optional 'safetensors' package is not installed")
+    st = importlib.import_module("safetensors.torch")  # a dependency
     sd = {"w": torch.randn(4, 4), "b": torch.zeros(4, dtype=torch.float16)}
     p = tmp_path / "model.safetensors"
     st.save_file(sd, str(p))

@@ -12,8 +12,6 @@ chooses the HTTP framing, or its absence) and then closes the connection.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import socketserver
@@ -22,50 +20,21 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import filelock
 import pytest
 import torch
 
+from tests.helpers import card, leftovers, sha, torch_zip
 from torchmos import hub
-from torchmos.hub import HubError, ModelCard, WeightFile, resolve
+from torchmos.hub import HubError, ModelCard, resolve
 
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def card(urls=(), sha256=None, filename="weights.pt") -> ModelCard:
-    return ModelCard(name="testcard", family="test", title="a test card", summary="",
-                     weights=WeightFile(filename=filename, urls=tuple(urls), sha256=sha256),
-                     sample_rate=16000)
-
-
-def torch_zip(seed: int) -> bytes:
-    """A real torch checkpoint (zip format, ~40 kB), different for each seed."""
-    g = torch.Generator().manual_seed(seed)
-    buf = io.BytesIO()
-    torch.save({"state_dict": {"w": torch.randn(100, 100, generator=g)}, "seed": seed}, buf)
-    return buf.getvalue()
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture(scope="module")
 def ckpt() -> bytes:
     return torch_zip(0)
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Files in the cache folder other than filelock's lock file."""
-    if not folder.exists():
-        return []
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 # ----------------------------------------------------------------------------- servers

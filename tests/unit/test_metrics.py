@@ -134,7 +134,6 @@ def test_forward_and_collection(data, per_clip):
 
 
 def test_plot(data):
-    pytest.importorskip("matplotlib", reason="plot() needs matplotlib (extra 'plot')")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,8 +15,6 @@ import pytest
 import soundfile as sf
 import torch
 
-pytest.importorskip("transformers", reason="MSR-UTMOS needs transformers")
-
 import torchmos  # noqa: E402
 from torchmos import audio, hub, models, synth, training  # noqa: E402
 from torchmos.metrics.msr_utmos import MsrUtmos, msr_utmos  # noqa: E402

@@ -18,8 +18,6 @@ from torchmos import audio, hub
 from torchmos.metrics.scoreq import ScoreqNR, ScoreqRef
 from torchmos.models.scoreq import HOP, ScoreqModel, chunk_bounds, official_key
 
-pytest.importorskip("transformers", reason="SCOREQ needs transformers")
-
 # A small wav2vec 2.0 with the BASE layout (7 convs, group norm, post-norm layers).
 TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
             num_conv_pos_embedding_groups=4, num_conv_pos_embeddings=16, conv_dim=(32,) * 7)

@@ -8,6 +8,7 @@ Everything runs on tiny random encoders and generated speech-like data; the lear
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -393,7 +394,7 @@ def test_a_tiny_scoreq_learns_mos_from_degradations(tmp_path):
 def test_outputs_load_strictly_into_the_independent_port(tmp_path):
     """nr.pt / ref.pt of a BASE-size model load into scoreq-pytorch (fairseq-style module
     names, the official layout; it has no ``mask_emb``) and score as torchmos does."""
-    port = pytest.importorskip("scoreq_pytorch.scoreq_torch", reason="scoreq-pytorch is a test dependency")
+    port = importlib.import_module("scoreq_pytorch.scoreq_torch")  # a test dependency
     torch.manual_seed(5)
     model = ScoreqModel("nr")
     with torch.no_grad():

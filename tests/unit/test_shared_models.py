@@ -27,9 +27,6 @@ from torch import nn
 import torchmos.functional as F
 from torchmos import models
 from torchmos.models import distillmos as dm
-
-pytest.importorskip("transformers", reason="SCOREQ and MSR-UTMOS need transformers")
-
 from torchmos.models.msr_utmos import (  # noqa: E402
     MsrUtmosModel,
     SFISSLModel,

@@ -101,7 +101,7 @@ class TorchmosConfig(PreTrainedConfig):
         higher_is_better: whether a higher score means better quality.
         score_range: the score's nominal range.
         architecture: how to build the network without its weights (see
-            :func:`describe_architecture`); ``None`` (directories saved by torchmos before
+            :func:`torchmos.models.architecture`); ``None`` (directories saved by torchmos before
             it) builds the card's official model first.
 
     ``auto_map`` and ``custom_pipelines`` are written into ``config.json`` on save (for Hub
@@ -143,74 +143,9 @@ class TorchmosConfig(PreTrainedConfig):
 
 # ----------------------------------------------------------------------------- architecture
 
-ARCH_VERSION = 1
-# transformers bookkeeping, not architecture
-_NOT_ARCH = {"transformers_version", "architectures", "id2label", "label2id", "_name_or_path", "model_type",
-             "torch_dtype", "dtype"}
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy (tuples as lists)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def describe_architecture(net: Any, family: str) -> dict[str, Any] | None:
-    """``{"family", "version", "config"}``: what builds ``net`` again without its weights.
-
-    ``config`` is ``{}`` for DistillMOS (one fixed architecture); ``{"mode", "encoder"}``
-    for SCOREQ (``encoder``: the wav2vec 2.0 ``config.to_dict()``); the model's own
-    ``config`` for VQScore (sizes of codebook and convolutions) and MSR-UTMOS (SSL
-    architecture, SFI layer, listeners), as their torchmos files store it. ``None`` for a
-    family it does not know (such a directory rebuilds through ``torchmos.models.load``).
-    """
-    if family == "distillmos":
-        cfg: Any = {}
-    elif family == "scoreq":
-        encoder = {k: v for k, v in net.backbone.config.to_dict().items() if k not in _NOT_ARCH}
-        cfg = {"mode": net.mode, "encoder": encoder}
-    elif family in ("vqscore", "msr-utmos"):
-        cfg = net.config
-    else:
-        return None
-    return {"family": family, "version": ARCH_VERSION, "config": _plain(cfg)}
-
-
-def build_architecture(arch: dict[str, Any], options: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The network ``arch`` (from :func:`describe_architecture`) with uninitialised or
-    random weights, in eval mode; ``options`` as given to ``torchmos.models.load``."""
-    family, cfg, options = arch.get("family"), dict(arch.get("config") or {}), dict(options or {})
-    if arch.get("version") != ARCH_VERSION:
-        raise ValueError(f"config.json: architecture version {arch.get('version')!r}; this torchmos reads "
-                         f"version {ARCH_VERSION}. Upgrade torchmos.")
-    if family == "distillmos":
-        from ..models.distillmos import DistillMOSModel
-
-        return DistillMOSModel(**options).eval()
-    if family == "scoreq":
-        from ..models.scoreq import ScoreqModel
-
-        with torch.device("meta"):  # ~95 M parameters for BASE: allocate, never initialise
-            net = ScoreqModel(mode=cfg["mode"], **{**cfg["encoder"], **options})
-        return net.to_empty(device="cpu").eval()
-    if family == "vqscore":
-        from ..models.vqscore import VQScoreModel
-
-        return VQScoreModel(**{**cfg, **options}).eval()
-    if family == "msr-utmos":
-        from ..models.msr_utmos import MsrUtmosModel
-
-        return MsrUtmosModel.from_config(cfg, **options).eval()
-    raise ValueError(f"config.json: unknown architecture family {family!r}; known: distillmos, scoreq, "
-                     "vqscore, msr-utmos.")
-
-
 def _build_net(config: TorchmosConfig) -> torch.nn.Module:
     if config.architecture:
-        return build_architecture(config.architecture, config.model_options)
+        return models.build(config.architecture, config.model_options)
     if hub.get_card(config.mos_model).weights is None:
         raise ValueError(
             f"config.json has no 'architecture' (saved by an older torchmos), and {config.mos_model!r} has no "
@@ -265,7 +200,7 @@ class TorchmosForAudioQuality(PreTrainedModel):
             with torch.device("cpu"):
                 net = _build_net(config)
         else:
-            self.config.architecture = describe_architecture(net, hub.get_card(config.mos_model).family)
+            self.config.architecture = models.architecture(net, hub.get_card(config.mos_model).family)
         self.net = net.eval()
         for module in self.net.modules():
             snapshot = _non_persistent_buffers(module)
@@ -380,7 +315,7 @@ class TorchmosForAudioQuality(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """Save config, safetensors weights, the feature extractor and the ``torchmos_hf`` shim."""
-        self.config.architecture = describe_architecture(self.net, self.card.family)
+        self.config.architecture = models.architecture(self.net, self.card.family)
         out = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.make_feature_extractor().save_pretrained(save_directory)

@@ -10,6 +10,7 @@ import importlib
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 from .. import hub
@@ -75,3 +76,75 @@ def identify(path: str | os.PathLike) -> str:
         return "scoreq-ref-natural"
     raise ValueError(f"{path}: not a weight file torchmos recognises (DistillMOS, SCOREQ, VQScore "
                      "or a torchmos-trained model).")
+
+
+# ----------------------------------------------------------------------------- architectures
+
+ARCH_VERSION = 1
+# transformers bookkeeping, not architecture
+_NOT_ARCH = {"transformers_version", "architectures", "id2label", "label2id", "_name_or_path", "model_type",
+             "torch_dtype", "dtype"}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy (tuples as lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def architecture(net: Any, family: str) -> dict[str, Any] | None:
+    """``{"family", "version", "config"}``: what builds ``net`` again without its weights
+    (:func:`build`), e.g. from a saved transformers directory's ``config.json``.
+
+    ``config`` is ``{}`` for DistillMOS (one fixed architecture); ``{"mode", "encoder"}``
+    for SCOREQ (``encoder``: the wav2vec 2.0 ``config.to_dict()``); the model's own
+    ``config`` for VQScore (sizes of codebook and convolutions) and MSR-UTMOS (SSL
+    architecture, SFI layer, listeners), as their torchmos files store it. ``None`` for a
+    family it does not know (such a directory rebuilds through ``torchmos.models.load``).
+
+    >>> arch = architecture(load("distillmos"), "distillmos")
+    >>> arch["family"], type(build(arch)).__name__
+    ('distillmos', 'DistillMOSModel')
+    """
+    if family == "distillmos":
+        cfg: Any = {}
+    elif family == "scoreq":
+        encoder = {k: v for k, v in net.backbone.config.to_dict().items() if k not in _NOT_ARCH}
+        cfg = {"mode": net.mode, "encoder": encoder}
+    elif family in ("vqscore", "msr-utmos"):
+        cfg = net.config
+    else:
+        return None
+    return {"family": family, "version": ARCH_VERSION, "config": _plain(cfg)}
+
+
+def build(arch: dict[str, Any], options: dict[str, Any] | None = None) -> nn.Module:
+    """The network ``arch`` (from :func:`architecture`) with uninitialised or
+    random weights, in eval mode; ``options`` as given to ``torchmos.models.load``."""
+    family, cfg, options = arch.get("family"), dict(arch.get("config") or {}), dict(options or {})
+    if arch.get("version") != ARCH_VERSION:
+        raise ValueError(f"config.json: architecture version {arch.get('version')!r}; this torchmos reads "
+                         f"version {ARCH_VERSION}. Upgrade torchmos.")
+    if family == "distillmos":
+        from .distillmos import DistillMOSModel
+
+        return DistillMOSModel(**options).eval()
+    if family == "scoreq":
+        from .scoreq import ScoreqModel
+
+        with torch.device("meta"):  # ~95 M parameters for BASE: allocate, never initialise
+            net = ScoreqModel(mode=cfg["mode"], **{**cfg["encoder"], **options})
+        return net.to_empty(device="cpu").eval()
+    if family == "vqscore":
+        from .vqscore import VQScoreModel
+
+        return VQScoreModel(**{**cfg, **options}).eval()
+    if family == "msr-utmos":
+        from .msr_utmos import MsrUtmosModel
+
+        return MsrUtmosModel.from_config(cfg, **options).eval()
+    raise ValueError(f"config.json: unknown architecture family {family!r}; known: distillmos, scoreq, "
+                     "vqscore, msr-utmos.")
