@@ -69,7 +69,8 @@ def provenance() -> dict[str, object]:
             versions[pkg] = None
     return {
         "commit": git("rev-parse", "HEAD") or None,
-        "tree_clean": git("status", "--porcelain") == "",
+        # clean: nothing changed but the results files that benchmarks themselves write
+        "tree_clean": git("status", "--porcelain", "--", ".", ":!benchmarks/results") == "",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,
         "cpu_vector_extensions": vector,
