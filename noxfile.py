@@ -2,7 +2,8 @@
 
     nox -s tests          # the unit lane (what the README's test command runs), on the lock
     nox -s slow           # the long training tests (also run by .ci/run)
-    nox -s integrations   # real SpeechBrain / ESPnet / transformers / Lightning
+    nox -s integrations   # real SpeechBrain / ESPnet / transformers / Lightning, newest (CPython 3.12)
+    nox -s integrations_oldest  # the same tests on the lowest toolkit versions the extras allow
     nox -s deps_latest    # the newest versions pyproject.toml allows, unit lane
     nox -s deps_oldest    # the lowest versions pyproject.toml allows, unit lane
     nox -s lock           # re-resolve requirements/lock.txt (then run the lanes above)
@@ -30,9 +31,10 @@ nox.options.error_on_missing_interpreters = True  # a lane that cannot run fails
 
 ROOT = Path(__file__).parent
 LOCK = "requirements/lock.txt"
-# ESPnet pins setuptools<74, which keeps torch at 2.12 and torchaudio at 2.11.0: the
-# integration lane has a lock of its own (see docs/install.md).
+# The integration lane has a lock of its own, on CPython 3.12: ESPnet 202609 and newer need
+# 3.12+ (see docs/install.md).
 LOCK_INTEGRATIONS = "requirements/lock-integrations.txt"
+INTEGRATION_EXTRAS = ["speechbrain", "espnet", "lightning"]
 # The packages whose newest (and oldest) allowed release the deps lanes install.
 TRACKED = ["torch", "torchaudio", "torchmetrics", "transformers"]
 
@@ -49,18 +51,33 @@ def slow(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "-m", "slow", *session.posargs)
 
 
-@nox.session(python="3.11")
+@nox.session(python="3.12")
 def integrations(session: nox.Session) -> None:
-    session.install("pip<26.3")  # pip 26.3 rejects ci_sdr's (an ESPnet dependency) direct-URL extra
+    """The integration tests on the newest toolkits (the lock: ESPnet 202611 needs 3.12)."""
+    session.install("pip<26.3")  # pip 26.3 rejects ci_sdr's (an ESPnet <= 202511 dependency) direct-URL extra
     session.install("-c", LOCK_INTEGRATIONS, "-e", ".[test,integrations]")
     session.run("python", "-m", "pytest", "tests/integrations", "-ra", *session.posargs)
 
 
-def _report(session: nox.Session, lane: str) -> None:
+@nox.session(python="3.11")
+def integrations_oldest(session: nox.Session) -> None:
+    """The integration tests on the lowest toolkit versions the extras allow, and torch's lowest."""
+    tmp = Path(session.create_tmp())
+    pins = lower_bounds(extras=INTEGRATION_EXTRAS) + lower_bounds(names=["torch"])
+    constraints = tmp / "oldest-integrations.txt"
+    constraints.write_text("\n".join(pins) + "\n")
+    session.log("lower bounds: " + ", ".join(pins))
+    session.install("pip<26.3")
+    session.install("-c", str(constraints), "-e", ".[test,integrations]", env=_no_local_wheels(tmp))
+    _report(session, "integrations_oldest", ["torch", "torchaudio", *_names(pins)])
+    session.run("python", "-m", "pytest", "tests/integrations", "-ra", *session.posargs)
+
+
+def _report(session: nox.Session, lane: str, packages: list[str] = TRACKED) -> None:
     """Print the tracked packages' versions next to the lock's, for the upgrade's evidence."""
     locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / LOCK).read_text(), flags=re.M))
     code = ("import importlib.metadata as m, json; "
-            f"print(json.dumps({{p: m.version(p) for p in {TRACKED!r}}}))")
+            f"print(json.dumps({{p: m.version(p) for p in {packages!r}}}))")
     out = session.run("python", "-c", code, silent=True) or "{}"
     import json
 
@@ -76,17 +93,30 @@ def deps_latest(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *session.posargs)
 
 
-def lower_bounds() -> list[str]:
-    """``name==lowest`` for every ``>=`` bound of the project's runtime dependencies."""
+def _requirements(extras: list[str] | None = None) -> list[str]:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    if extras is None:
+        return list(meta["dependencies"])
+    return [d for e in extras for d in meta["optional-dependencies"][e]]
+
+
+def _names(pins: list[str]) -> list[str]:
+    return [p.partition("==")[0] for p in pins]
+
+
+def lower_bounds(extras: list[str] | None = None, names: list[str] | None = None) -> list[str]:
+    """``name==lowest`` for every ``>=`` (or ``==``) bound of the runtime dependencies (or of
+    the given extras), leaving out requirements with markers; ``names`` keeps only those."""
     pins = []
-    for dep in deps:
-        m = re.match(r"^([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*(.*)$", dep)
+    for dep in _requirements(extras):
+        m = re.match(r"^([A-Za-z0-9_.-]+)\s*(?:\[[^\]]*\])?\s*([^;]*)(;.*)?$", dep)
         assert m, dep
+        if m.group(3) or (names is not None and m.group(1) not in names):
+            continue
         low = re.search(r">=\s*([^,\s;]+)", m.group(2))
         exact = re.search(r"==\s*([^,\s;]+)", m.group(2))
         if low or exact:
@@ -94,21 +124,23 @@ def lower_bounds() -> list[str]:
     return pins
 
 
+def _no_local_wheels(tmp: Path) -> dict[str, str]:
+    """pip without this machine's own configuration (``PIP_CONFIG_FILE=/dev/null`` and an
+    empty find-links folder): its local CPU-only wheel of torch 2.13.0 would otherwise stand
+    in for PyPI's torch 2.13.0, the build a user gets."""
+    (tmp / "no-wheels").mkdir(exist_ok=True)
+    return {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(tmp / "no-wheels")}
+
+
 @nox.session(python="3.10")
 def deps_oldest(session: nox.Session) -> None:
     """The unit lane on the lowest releases that pyproject.toml's ranges allow, on the
-    oldest Python that ``requires-python`` allows.
-
-    pip ignores this machine's own configuration here (``PIP_CONFIG_FILE=/dev/null`` and
-    an empty find-links folder): its local CPU-only wheel of torch 2.13.0 would otherwise
-    stand in for PyPI's torch 2.13.0, the build a user gets."""
+    oldest Python that ``requires-python`` allows (pip without the machine's own wheels)."""
     tmp = Path(session.create_tmp())
     constraints = tmp / "oldest.txt"
     constraints.write_text("\n".join(lower_bounds()) + "\n")
-    (tmp / "no-wheels").mkdir(exist_ok=True)
-    env = {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(tmp / "no-wheels")}
     session.log("lower bounds: " + ", ".join(lower_bounds()))
-    session.install("-c", str(constraints), "-e", ".[test]", env=env)
+    session.install("-c", str(constraints), "-e", ".[test]", env=_no_local_wheels(tmp))
     _report(session, "deps_oldest")
     session.run("python", "-m", "pytest", *session.posargs)
 
@@ -116,7 +148,8 @@ def deps_oldest(session: nox.Session) -> None:
 def _freeze(session: nox.Session, path: str, what: str) -> None:
     frozen = session.run("python", "-m", "pip", "freeze", "--exclude-editable", silent=True) or ""
     header = (f"# The tested set of {what} (pip install -c {path} ...).\n"
-              "# Made by `nox -s lock` on Linux x86_64, CPython 3.11; see docs/install.md.\n")
+              f"# Made by `nox -s {session.name}` on Linux x86_64, CPython {session.python}; "
+              "see docs/install.md.\n")
     (ROOT / path).write_text(header + "".join(ln + "\n" for ln in frozen.splitlines()
                                               if ln and not ln.startswith("#")))
     session.log(f"wrote {path}: now run its lanes and commit it with their results")
@@ -129,7 +162,7 @@ def lock(session: nox.Session) -> None:
     _freeze(session, LOCK, "the README's install and tests")
 
 
-@nox.session(python="3.11")
+@nox.session(python="3.12")
 def lock_integrations(session: nox.Session) -> None:
     """Re-resolve the integration lane's lock (ESPnet, SpeechBrain, Lightning)."""
     session.install("pip<26.3")

@@ -1,0 +1,84 @@
+"""Every project path the documentation names exists.
+
+The docs, the READMEs and the integration material point readers at files ("the test is
+``tests/integrations/test_integration_espnet.py``", "results in
+``benchmarks/results/startup.json``", "[the API](api.md)"). A renamed or never-written
+file leaves such a pointer dangling; this test finds them all:
+
+* tokens that start with one of the repository's top-level folders or files
+  (``tests/``, ``benchmarks/``, ``integrations/``, ``docs/``, ...), anywhere in the text,
+  resolved from the repository root (globs such as ``tests/unit/test_*.py`` must match
+  something);
+* the targets of Markdown links and images that are not URLs, resolved from the page.
+
+Paths with a placeholder (``<corpus>``, ``{set}``, ``$dir``) and build outputs
+(``docs/_build``) are not checked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SKIP_DIRS = {".git", ".nox", ".venv", "_build", "node_modules", "__pycache__", ".pytest_cache"}
+TOP = sorted(p.name for p in ROOT.iterdir() if p.name not in SKIP_DIRS and not p.name.endswith(".egg-info"))
+_TOPS = "|".join(re.escape(t) for t in TOP if t != "README.md")
+TOKEN = re.compile(rf"(?<![\w./-])(?:{_TOPS})(?:/[\w.*-]+)*/?")
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+PLACEHOLDER = re.compile(r"[<>{}$]")
+
+
+def _documents() -> list[Path]:
+    docs = [ROOT / "README.md"]
+    for folder, patterns in (("docs", ["*.md"]), ("integrations", ["*.md", "*.sh", "*.yaml", "*.py"]),
+                             ("benchmarks", ["*.md"])):
+        for pattern in patterns:
+            docs += [p for p in (ROOT / folder).rglob(pattern) if not SKIP_DIRS & set(p.parts)]
+    return sorted(set(docs))
+
+
+def dangling(doc: Path) -> list[str]:
+    """The paths that ``doc`` names and that do not exist, as ``"line N: path"``."""
+    missing = []
+    for n, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+        for m in TOKEN.finditer(line):
+            path = m.group(0).rstrip(".")
+            rest = line[m.end():m.end() + 1]
+            if "/" not in path or PLACEHOLDER.search(rest) or "_build" in path:
+                continue  # a bare folder name in prose, or a path that goes on with a placeholder
+            if not (any(ROOT.glob(path.rstrip("/"))) if "*" in path else (ROOT / path).exists()):
+                missing.append(f"line {n}: {path}")
+        if doc.suffix != ".md":
+            continue
+        for m in LINK.finditer(line):
+            target = m.group(1).split("#", 1)[0]
+            if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target) or PLACEHOLDER.search(target):
+                continue  # a URL, a mailto:, an anchor on this page
+            if not (doc.parent / target).exists():
+                missing.append(f"line {n}: ({target})")
+    return missing
+
+
+DOCUMENTS = _documents()
+
+
+def test_the_scan_sees_the_documentation():
+    names = {p.relative_to(ROOT).as_posix() for p in DOCUMENTS}
+    assert {"README.md", "docs/install.md", "docs/cli.md"} <= names
+    assert any(n.startswith("integrations/") for n in names)
+
+
+def test_the_scan_finds_a_dangling_path(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text("See `tests/unit/test_no_such_file.py`, [this](no-such-page.md),\n"
+                    "`tests/unit/test_doc_paths.py`, `egs2/<corpus>/tts1` and `benchmarks/results/*.json`.\n")
+    assert dangling(page) == ["line 1: tests/unit/test_no_such_file.py", "line 1: (no-such-page.md)"]
+
+
+@pytest.mark.parametrize("doc", DOCUMENTS, ids=[p.relative_to(ROOT).as_posix() for p in DOCUMENTS])
+def test_every_path_a_document_names_exists(doc: Path):
+    missing = dangling(doc)
+    assert not missing, f"{doc.relative_to(ROOT)} names paths that do not exist:\n  " + "\n  ".join(missing)
