@@ -42,8 +42,10 @@ class MiniSEBrain(sb.Brain):
         loss = sb.nnet.losses.mse_loss(predictions, clean_wavs, lens)
         self.loss_metric.append(batch.id, predictions, clean_wavs, lens)
         if stage != sb.Stage.TRAIN:
-            # relative lengths: the padding after each clip is never scored
-            self.mos_metric.append(batch.id, predictions.detach(), lens)
+            # called as the Voicebank recipes call their PESQ stats. Relative lengths: the
+            # padding after each clip is never scored. A reference model (scoreq-ref-*)
+            # compares with the clean target; a no-reference one ignores it (ignore_target).
+            self.mos_metric.append(batch.id, predict=predictions, target=clean_wavs, lengths=lens)
         if stage == sb.Stage.TEST:
             self._save_enhanced(batch.id, predictions, lens)
         return loss

@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs" / "integrations").glob("*.md"))
-NEEDS = {"speechbrain": "speechbrain", "espnet": "espnet2", "transformers": "transformers", "lightning": "lightning"}
+NEEDS = {"speechbrain": "speechbrain", "espnet": "espnet2", "transformers": "transformers", "lightning": "lightning",
+         "versa": "versa"}
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 
 

@@ -3,10 +3,12 @@
 One module per toolkit, each imported only when asked for, so ``import torchmos`` never
 imports SpeechBrain, ESPnet, transformers or Lightning:
 
-* :mod:`torchmos.adapters.speechbrain` -- ``MOSStats``, a ``MetricStats`` for recipes;
+* :mod:`torchmos.adapters.speechbrain` -- ``MOSStats`` (a ``MetricStats``) and ``MOSEstimator``
+  (a ``speechbrain.inference`` interface);
 * :mod:`torchmos.adapters.espnet` -- the ``wav.scp`` scoring stage and a training monitor;
 * :mod:`torchmos.adapters.hf` -- ``pipeline("audio-quality")`` and ``TorchmosForAudioQuality``;
-* :mod:`torchmos.adapters.versa` -- a VERSA-style ``setup`` / ``metric`` function pair.
+* :mod:`torchmos.adapters.versa` -- VERSA metrics (``BaseMetric`` subclasses and their
+  registration; ``python -m torchmos.adapters.versa``) and the legacy setup/metric pair.
 
 (Lightning needs no adapter: every torchmos metric is a ``torchmetrics.Metric``, so
 ``self.log("val/mos", self.mos)`` works as it is; see ``integrations/lightning``.)
