@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """Train the tiny enhancer of mos_module.py with Lightning, monitoring ``val/mos``.
 
-    python train.py [--out lightning_runs] [--epochs 1] [--accelerator cpu]
+    python train.py [--out lightning_runs] [--epochs 1] [--accelerator cpu] [--precision 32-true]
 
 Keeps the checkpoint with the best validation MOS (``ModelCheckpoint(monitor="val/mos",
 mode="max")``) and logs to CSV. The checkpoint holds the enhancer only: the MOS
-predictor is not part of the LightningModule's state_dict.
+predictor is not part of the LightningModule's state_dict. The last validation epoch's
+score of every clip goes to ``<out>/val_scores.csv``, worst first. ``--precision
+bf16-mixed`` (or ``bf16-true``) trains the enhancer in bfloat16; the MOS predictor still
+scores in fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 
@@ -27,6 +31,7 @@ def main(argv: list[str] | None = None) -> tuple[L.Trainer, TinyEnhancer, ModelC
     parser.add_argument("--out", default="lightning_runs")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32-true", help="e.g. bf16-mixed, bf16-true, 16-mixed (GPU)")
     parser.add_argument("--n_train", type=int, default=8)
     parser.add_argument("--n_valid", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
@@ -40,6 +45,7 @@ def main(argv: list[str] | None = None) -> tuple[L.Trainer, TinyEnhancer, ModelC
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
+        precision=args.precision,
         devices=1,
         logger=CSVLogger(args.out, name="tiny_enhancer"),
         callbacks=[best],
@@ -49,7 +55,11 @@ def main(argv: list[str] | None = None) -> tuple[L.Trainer, TinyEnhancer, ModelC
         log_every_n_steps=1,
     )
     trainer.fit(model, train, valid)
-    print(f"val/mos {float(trainer.callback_metrics['val/mos']):.4f}, best checkpoint {best.best_model_path}")
+    worst = sorted(model.val_scores.items(), key=lambda item: item[1])
+    with open(os.path.join(args.out, "val_scores.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([("id", "mos"), *worst])
+    print(f"val/mos {float(trainer.callback_metrics['val/mos']):.4f}, worst clip {worst[0][0]} "
+          f"({worst[0][1]:.2f}), best checkpoint {best.best_model_path}")
     return trainer, model, best
 
 

@@ -7,12 +7,17 @@ device, keeps it in eval mode, and accumulates sum/total states that reduce with
 clip id as ``"cat"`` states, so torchmetrics itself resets, syncs (within the metric's
 ``process_group``), merges and shares them, in ``forward``, ``merge_state``, compute
 groups of a ``MetricCollection`` and DDP alike.
+
+Every update runs in the precision the metric was built with, whatever the caller's
+context (:func:`torchmos.metrics._context.full_precision`), so a metric inside a bf16
+Lightning Trainer keeps the documented fidelity.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from .. import audio, functional, hub, models
+from ._context import _lightning_logs, _own_dtypes, full_precision
 
 __all__ = ["MOSMetric"]
 
@@ -90,9 +96,19 @@ class MOSMetric(Metric):
     ``"r<rank>-"`` in a multi-process run, so they are unique across ranks. A
     ``forward`` step's value numbers the clips of that batch alone.
 
-    Precision. ``set_dtype`` changes :attr:`dtype` but not these states: the sum stays
-    float64 (float32 on Apple MPS, which has no float64), the count an integer, the kept
-    scores float32, so no mean loses digits to fp16/bf16. :meth:`compute` returns float32.
+    Precision. ``set_dtype`` and ``.to(dtype)`` (e.g. by a parent module, as Lightning's
+    ``precision="bf16-true"`` does) change :attr:`dtype` but neither these states nor the
+    network: the sum stays float64 (float32 on Apple MPS, which has no float64), the count
+    an integer, the kept scores float32, and :meth:`compute` returns float32. The network
+    is built and run inside :func:`~torchmos.metrics._context.full_precision`, so an
+    enclosing autocast or a bf16 default dtype changes no score: it runs in the precision
+    the metric was built with (fp32 unless a ``precision="bf16"`` option asked otherwise).
+
+    Lightning. ``self.log(name, metric)`` works in both modes: with ``per_utterance``,
+    Lightning (which accepts only a scalar tensor from a logged metric) is given the
+    ``"mean"`` of the dict that :meth:`compute` returns to everyone else. Read the scores
+    with ``metric.compute()`` in ``on_validation_epoch_end``, before Lightning resets the
+    metric; log a per-utterance metric at epoch level (``on_step=False``).
 
     Args:
         fs: sample rate of the audio passed to :meth:`update`; resampled to the model's.
@@ -127,7 +143,8 @@ class MOSMetric(Metric):
         self.fs = audio.check_sample_rate(fs, type(self).__name__)
         self.card = hub.get_card(self.card_name)
         self.per_utterance = bool(per_utterance)
-        net = self._build(checkpoint, sha256, **(model_kwargs or {}))
+        with full_precision(self.device):  # e.g. inside Lightning's init_module() under bf16-true
+            net = self._build(checkpoint, sha256, **(model_kwargs or {}))
         # Kept out of nn.Module's registry on purpose: not in state_dict, not in parameters().
         object.__setattr__(self, "_net", net.eval())
         acc = _accumulator_dtype(self.device)
@@ -156,7 +173,7 @@ class MOSMetric(Metric):
     def _apply(self, fn: Any, exclude_state: Sequence[str] = ()) -> nn.Module:
         exclude_state = (exclude_state,) if isinstance(exclude_state, str) else tuple(exclude_state)
         fixed = [k for k in self._state_dtypes() if k in self._defaults and k not in exclude_state]
-        computed = self._computed
+        computed, forward_cache = self._computed, self._forward_cache
         this = super()._apply(fn, exclude_state=(*exclude_state, *fixed))
         # torchmetrics has set self.device; the fixed states follow it with their own dtype.
         dtypes = self._state_dtypes()
@@ -169,8 +186,10 @@ class MOSMetric(Metric):
                 setattr(this, key, value.to(self.device, dtype))
             else:
                 setattr(this, key, [v.to(self.device, dtype) for v in value])
-        if self._dtype_convert:
-            this._computed = computed  # set_dtype must not round a cached result either
+        if computed is not None:  # nor is a cached result rounded
+            this._computed = _own_dtypes(computed, self.device)
+        if forward_cache is not None:
+            this._forward_cache = _own_dtypes(forward_cache, self.device)
         if getattr(self, "_net", None) is not None:
             self._net.to(self.device)  # follow the device, never a dtype change
         return this
@@ -247,7 +266,7 @@ class MOSMetric(Metric):
         if self.total > 0:
             mean = (self.sum_score / self.total).float()
         else:
-            mean = torch.tensor(float("nan"), device=self.device)
+            mean = torch.tensor(float("nan"), dtype=torch.float32, device=self.device)
         if not self.per_utterance:
             return mean
         scores = _cat(self.scores, torch.float32, self.device)
@@ -277,13 +296,15 @@ class MOSMetric(Metric):
 
     def _wrap_update(self, update: Any) -> Any:
         # torchmetrics counts an update before running it; a rejected batch must not count.
+        # Every update (of every subclass, through forward too) scores in full precision.
         wrapped = super()._wrap_update(update)
 
         @functools.wraps(wrapped)
         def counted_if_accepted(*args: Any, **kwargs: Any) -> None:
             count = self._update_count
             try:
-                wrapped(*args, **kwargs)
+                with full_precision(self.device):
+                    wrapped(*args, **kwargs)
             except BaseException:
                 self._update_count = count
                 raise
@@ -293,14 +314,17 @@ class MOSMetric(Metric):
     def _wrap_compute(self, compute: Any) -> Any:
         # torchmetrics squeezes every one-element tensor of a compute() result to 0-d; the
         # per-utterance scores of a single clip must stay a (1,) vector like any other.
+        # Lightning's logger, which takes only a tensor, is given the dict's mean.
         wrapped = super()._wrap_compute(compute)
 
         @functools.wraps(wrapped)
         def per_utterance_shapes(*args: Any, **kwargs: Any) -> Any:
             value = wrapped(*args, **kwargs)
-            if isinstance(value, dict) and isinstance(value.get("scores"), Tensor) and value["scores"].ndim == 0:
+            if not isinstance(value, dict):
+                return value
+            if isinstance(value.get("scores"), Tensor) and value["scores"].ndim == 0:
                 value = {**value, "scores": value["scores"].reshape(1)}
-            return value
+            return value["mean"] if _lightning_logs(sys._getframe(1)) else value
 
         return per_utterance_shapes
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import audio, functional, hub
+from ._context import full_precision
 from .base import MOSMetric, _check_ids
 
 __all__ = ["ScoreqNR", "ScoreqRef", "scoreq_nr", "scoreq_ref"]
@@ -160,8 +161,9 @@ class ScoreqRef(MOSMetric):
         self._ref_emb: Tensor | None = None
         self.reference_ids: list[str] = []
         if references is not None:
-            clips, self.reference_ids = _reference_clips(references, self.fs, self.card)
-            self._ref_emb = self._net.embed(clips).to(self.device)
+            with full_precision(self.device):  # built in the metric's own precision, as it scores
+                clips, self.reference_ids = _reference_clips(references, self.fs, self.card)
+                self._ref_emb = self._net.embed(clips).to(self.device)
 
     @property
     def reference_embeddings(self) -> Tensor | None:
