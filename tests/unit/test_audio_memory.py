@@ -36,8 +36,9 @@ ODD = [44101, 7919, 1001, 96001, 383999, 383997, 383993, 383987]
 
 @pytest.fixture
 def fresh_filters(monkeypatch):
-    """An empty filter cache for the test, so that patched thresholds build new filters."""
-    monkeypatch.setattr(audio, "_FILTERS", audio._FilterCache(audio.CACHE_MAX_BYTES))
+    """An empty filter cache for the test, so that patched thresholds build new filters (the
+    cache and the thresholds live in torchmos.audio.resampling, where resample() reads them)."""
+    monkeypatch.setattr(audio.resampling, "_FILTERS", audio._FilterCache(audio.CACHE_MAX_BYTES))
 
 
 def _child(code: str, *args: str) -> dict:
@@ -87,7 +88,7 @@ for fs in map(int, sys.argv[1:]):
     t = time.perf_counter()
     n = audio.resample(x, fs, 16000).shape[0]
     rows.append([fs, time.perf_counter() - t, peak_mb() - base, n])
-cache = audio._FILTERS.nbytes if hasattr(audio, "_FILTERS") else None
+cache = audio.resampling._FILTERS.nbytes
 print(json.dumps({"rows": rows, "cache_bytes": cache}))
 """
 
@@ -135,7 +136,7 @@ def test_common_rates_keep_torchaudios_kernel_bit_identical(fresh_filters):
     for fs in COMMON:
         x = speechlike(0.3, fs, 1)
         assert torch.equal(resample(x, fs, 16000), torchaudio.transforms.Resample(fs, 16000)(x)), fs
-        assert audio._FILTERS.get(fs, 16000, torch.float32, x.device, "x").dense is not None
+        assert audio.resampling._FILTERS.get(fs, 16000, torch.float32, x.device, "x").dense is not None
 
 
 @pytest.mark.parametrize(("orig", "new"), [(1009, 1000), (44100, 16000), (16000, 22050), (7919, 160), (1013, 1600),
@@ -144,9 +145,9 @@ def test_compact_filter_is_torchaudios_filter(orig, new, monkeypatch, fresh_filt
     """Forced onto the compact path, rates whose torchaudio kernel is small enough to
     compare: the table holds torchaudio's taps bit for bit (float32), everything it leaves
     out is zero there, and outputs agree to float32 rounding of the sums."""
-    monkeypatch.setattr(audio, "DENSE_MAX_TAPS", 0)
+    monkeypatch.setattr(audio.resampling, "DENSE_MAX_TAPS", 0)
     ref32 = torchaudio.transforms.Resample(orig, new)
-    filt = audio._FILTERS.get(orig, new, torch.float32, torch.device("cpu"), "x")
+    filt = audio.resampling._FILTERS.get(orig, new, torch.float32, torch.device("cpu"), "x")
     assert filt.dense is None
     dense = torch.zeros(filt.n, filt.span + filt.o)
     for p in range(filt.n):
@@ -171,7 +172,7 @@ def test_odd_rate_resamples_a_tone_cleanly(fresh_filters):
     want = torch.sin(2 * math.pi * f0 * torch.arange(16000, dtype=torch.float64) / 16000).float()
     assert y.shape == (16000,)
     assert (y - want)[200:-200].abs().max() < 1e-3
-    assert audio._FILTERS.get(fs, 16000, torch.float32, y.device, "x").dense is None
+    assert audio.resampling._FILTERS.get(fs, 16000, torch.float32, y.device, "x").dense is None
 
 
 @pytest.mark.parametrize("orig", [8000, 11025, 44100, 48000, 96000, 44101, 7919, 47952])
@@ -187,7 +188,7 @@ def test_block_wise_resample_equals_one_call(orig, monkeypatch, fresh_filters):
         torch.testing.assert_close(whole, ref, rtol=0, atol=1e-6)  # observed: bit-identical
     for block in [4099, 30000]:
         with monkeypatch.context() as m:
-            m.setattr(audio, "BLOCK_SAMPLES", block)
+            m.setattr(audio.resampling, "BLOCK_SAMPLES", block)
             torch.testing.assert_close(resample(x, orig, 16000), whole, rtol=0, atol=1e-6)
             torch.testing.assert_close(resample(x[1], orig, 16000), whole[1], rtol=0, atol=1e-6)
 
@@ -195,7 +196,7 @@ def test_block_wise_resample_equals_one_call(orig, monkeypatch, fresh_filters):
 def test_block_wise_resample_float64_and_half(monkeypatch):
     x = speechlike(2.0, 44100, 3)
     whole64, whole16 = resample(x.double(), 44100, 16000), resample(x.half(), 44100, 16000)
-    monkeypatch.setattr(audio, "BLOCK_SAMPLES", 25000)
+    monkeypatch.setattr(audio.resampling, "BLOCK_SAMPLES", 25000)
     torch.testing.assert_close(resample(x.double(), 44100, 16000), whole64, rtol=0, atol=1e-12)
     torch.testing.assert_close(resample(x.half(), 44100, 16000).float(), whole16.float(), rtol=0, atol=2e-3)
 
@@ -224,7 +225,7 @@ def test_filter_cache_is_bounded_in_bytes_least_recent_first():
 def test_cache_shared_between_threads_gives_the_same_answers(fresh_filters):
     clips = {fs: speechlike(0.5, fs, 0) for fs in [44100, 44101, 22050, 7919]}
     want = {fs: resample(x, fs, 16000) for fs, x in clips.items()}
-    audio._FILTERS.clear()
+    audio.resampling._FILTERS.clear()
     got: dict[tuple[int, int], torch.Tensor] = {}
 
     def work(i: int) -> None:

@@ -205,7 +205,7 @@ def test_trust_on_first_use_record_exists_before_the_file_appears(tmp_home, file
             seen.append(record.is_file() and record.read_text().startswith(sha(ckpt_bytes)))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(hub.os, "replace", spy)
+    monkeypatch.setattr(hub.download.os, "replace", spy)  # the os module the downloader uses
     resolve(c)
     assert seen == [True]
 
@@ -523,7 +523,7 @@ def test_get_card_and_list_cards():
 
 
 def test_register_in_a_scratch_registry(monkeypatch):
-    monkeypatch.setattr(hub, "CARDS", dict(hub.CARDS))  # restored after the test
+    monkeypatch.setattr(hub.cards, "CARDS", dict(hub.CARDS))  # the registry register() fills; restored after
     c = card(name="scratch-card")
     assert hub.register(c) is c
     assert hub.get_card("scratch-card") is c

@@ -1,7 +1,8 @@
 """Plain ``torch.nn.Module`` predictors, one file per family; no I/O, no metrics, no CLI.
 
 Every predictor takes a list of mono float 1-D tensors at its card's sample rate and
-returns one score per clip. :func:`load` builds one from its card name.
+returns one score per clip. :func:`load` builds one from its card name; every
+predictor's weights go through one strict loader, :func:`load_state_strict`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import hub
+from .strict import load_state_strict as load_state_strict
 
 # card.family -> "module:Class" with a classmethod
 # ``from_pretrained(checkpoint=None, sha256=None, card=<card name>, **card.options, **kwargs)``

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import hub
+from .strict import load_state_strict
 
 SEQ_LEN = 122880  # 7.68 s at 16 kHz
 MAX_HOP = 16000
@@ -200,19 +201,7 @@ class DistillMOSModel(nn.Module):
     def load_official(self, ckpt: dict, source: str = "checkpoint") -> None:
         """Load ``{"model": state_dict, ...}`` (or a bare state_dict) strictly."""
         sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-        own = self.state_dict()
-        missing = sorted(set(own) - set(sd))
-        extra = sorted(set(sd) - set(own))
-        if missing or extra:
-            raise ValueError(
-                f"{source}: not a DistillMOS checkpoint: missing keys {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''}, unexpected keys {extra[:5]}"
-                f"{'...' if len(extra) > 5 else ''}."
-            )
-        for k, v in sd.items():
-            if tuple(v.shape) != tuple(own[k].shape):
-                raise ValueError(f"{source}: key {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}.")
-        self.load_state_dict(sd, strict=True)
+        load_state_strict(self, sd, source, model="DistillMOS")
 
     def set_precision(self, precision: str) -> None:
         """Ask for ``"fp32"`` or ``"bf16"``. Whether bf16 is used is decided for the device

@@ -34,13 +34,16 @@ in the default mode.
 
 ``transformers`` is imported only when a model is built, so ``import torchmos`` does not
 need it.
+
+The pieces: :mod:`~torchmos.models.scoreq_keys` (the official files' key table, their
+converter and config inference), :mod:`~torchmos.models.scoreq_encoder` (the fast,
+batch-independent encoder path) and this module (the model, its heads and batching).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,11 +52,12 @@ from torch import Tensor, nn
 
 from .. import hub
 from . import require_transformers
+from .scoreq_encoder import EMBED_DIM, HOP, FastEncoder
+from .scoreq_encoder import _adjacent as _adjacent  # (imported from here by tests)
+from .scoreq_keys import _PREFIXES, convert_official, infer_config, official_key
+from .strict import load_state_strict
 
 __all__ = ["EMBED_DIM", "HOP", "ScoreqModel", "chunk_bounds", "infer_config", "official_key"]
-
-HOP = 320  # total stride of the conv feature encoder, in samples at 16 kHz
-EMBED_DIM = 768
 
 
 def chunk_bounds(length: int, chunk: int | None) -> list[tuple[int, int]]:
@@ -84,127 +88,10 @@ def chunk_bounds(length: int, chunk: int | None) -> list[tuple[int, int]]:
     return out
 
 
-# ----------------------------------------------------------------------------- key table
-
-_ENCODER_RULES: list[tuple[str, str]] = [
-    # (regex on the transformers key, replacement giving the fairseq key), both after prefixes
-    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.(weight|bias)", r"feature_extractor.conv_layers.\1.0.\2"),
-    (r"feature_extractor\.conv_layers\.0\.layer_norm\.(weight|bias)", r"feature_extractor.conv_layers.0.2.\1"),
-    (r"feature_projection\.layer_norm\.(weight|bias)", r"layer_norm.\1"),
-    (r"feature_projection\.projection\.(weight|bias)", r"post_extract_proj.\1"),
-    (r"encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original0", r"encoder.pos_conv.0.weight_g"),
-    (r"encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original1", r"encoder.pos_conv.0.weight_v"),
-    (r"encoder\.pos_conv_embed\.conv\.weight_g", r"encoder.pos_conv.0.weight_g"),  # torch without parametrizations
-    (r"encoder\.pos_conv_embed\.conv\.weight_v", r"encoder.pos_conv.0.weight_v"),
-    (r"encoder\.pos_conv_embed\.conv\.bias", r"encoder.pos_conv.0.bias"),
-    (r"encoder\.layer_norm\.(weight|bias)", r"encoder.layer_norm.\1"),
-    (r"encoder\.layers\.(\d+)\.attention\.(q|k|v|out)_proj\.(weight|bias)", r"encoder.layers.\1.self_attn.\2_proj.\3"),
-    (r"encoder\.layers\.(\d+)\.layer_norm\.(weight|bias)", r"encoder.layers.\1.self_attn_layer_norm.\2"),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.(weight|bias)", r"encoder.layers.\1.fc1.\2"),
-    (r"encoder\.layers\.(\d+)\.feed_forward\.output_dense\.(weight|bias)", r"encoder.layers.\1.fc2.\2"),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", r"encoder.layers.\1.final_layer_norm.\2"),
-    (r"masked_spec_embed", r"mask_emb"),
-]
-# Weight norm saved by a torch that uses the parametrisation API (fairseq and the official
-# files use the older weight_g / weight_v names): accepted as aliases.
-_WEIGHT_NORM_ALIASES = {
-    "encoder.pos_conv.0.weight_g": "encoder.pos_conv.0.parametrizations.weight.original0",
-    "encoder.pos_conv.0.weight_v": "encoder.pos_conv.0.parametrizations.weight.original1",
-}
-# Trained only for masked pre-training, never used at inference; files re-exported without
-# it (e.g. by the scoreq-pytorch port) are accepted.
-_OPTIONAL = {"mask_emb"}
-
-_PREFIXES = {
-    "nr": ("pt_model.ssl_model.", "pt_model.embedding_layer."),
-    "ref": ("ssl_model.", "embedding_layer."),
-}
-
-
-def official_key(key: str, mode: str) -> str:
-    """The official (fairseq-named) checkpoint key of one of our ``state_dict`` keys.
-
-    >>> official_key("backbone.encoder.layers.3.attention.q_proj.weight", "ref")
-    'ssl_model.encoder.layers.3.self_attn.q_proj.weight'
-    >>> official_key("backbone.feature_extractor.conv_layers.0.layer_norm.bias", "nr")
-    'pt_model.ssl_model.feature_extractor.conv_layers.0.2.bias'
-    >>> official_key("mos_layer.weight", "nr")
-    'mos_layer.weight'
-    """
-    ssl, emb = _PREFIXES[mode]
-    if key.startswith("backbone."):
-        inner = key[len("backbone."):]
-        for pattern, repl in _ENCODER_RULES:
-            if re.fullmatch(pattern, inner):
-                return ssl + re.sub(pattern, repl, inner)
-        raise KeyError(f"no official name for backbone key {key!r}")
-    if key.startswith("embedding_layer."):
-        return emb + key[len("embedding_layer."):]
-    if key.startswith("mos_layer.") and mode == "nr":
-        return key
-    raise KeyError(f"no official name for key {key!r} in mode {mode!r}")
-
-
-def infer_config(sd: Mapping[str, Any], mode: str) -> dict[str, Any]:
-    """``Wav2Vec2Config`` fields of the encoder in an official-layout SCOREQ state_dict,
-    read from its tensor shapes (the files carry no config): layers, hidden size, FFN size,
-    conv channels and kernels, positional conv kernel and groups. The number of attention
-    heads is not visible in the shapes; it is ``hidden_size // 64`` (wav2vec 2.0's 64-wide
-    heads: 12 for BASE), which is what ``torchmos train scoreq --hidden`` builds.
-
-    Returns ``{}`` for a file without the encoder keys (the strict load then names what is
-    missing).
-
-    >>> m = ScoreqModel("ref", num_hidden_layers=1, hidden_size=64, num_attention_heads=1,
-    ...                 intermediate_size=96, num_conv_pos_embedding_groups=2, conv_dim=(32,) * 7)
-    >>> cfg = infer_config(m.to_official_state_dict(), "ref")
-    >>> cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["conv_dim"][0]
-    (1, 64, 96, 32)
-    """
-    pre = _PREFIXES[mode][0]
-    proj = sd.get(pre + "post_extract_proj.weight")
-    pos = sd.get(pre + "encoder.pos_conv.0.weight_v", sd.get(pre + "encoder.pos_conv.0.parametrizations.weight.original1"))
-    if not isinstance(proj, Tensor) or not isinstance(pos, Tensor):
-        return {}
-    convs = []
-    while isinstance(sd.get(f"{pre}feature_extractor.conv_layers.{len(convs)}.0.weight"), Tensor):
-        convs.append(sd[f"{pre}feature_extractor.conv_layers.{len(convs)}.0.weight"])
-    layers = {int(m.group(1)) for k in sd if (m := re.match(re.escape(pre) + r"encoder\.layers\.(\d+)\.", k))}
-    fc1 = sd.get(pre + "encoder.layers.0.fc1.weight")
-    hidden = int(proj.shape[0])
-    cfg: dict[str, Any] = {
-        "hidden_size": hidden,
-        "num_attention_heads": max(1, hidden // 64),
-        "num_hidden_layers": len(layers),
-        "num_conv_pos_embeddings": int(pos.shape[2]),
-        "num_conv_pos_embedding_groups": hidden // int(pos.shape[1]),
-    }
-    if convs:
-        cfg["conv_dim"] = tuple(int(w.shape[0]) for w in convs)
-        cfg["conv_kernel"] = tuple(int(w.shape[2]) for w in convs)
-    if isinstance(fc1, Tensor):
-        cfg["intermediate_size"] = int(fc1.shape[0])
-    return cfg
-
-
-def _adjacent(tensors: Sequence[Tensor]) -> bool:
-    """Whether equal-shaped contiguous tensors lie back to back in one storage, in order."""
-    first = tensors[0]
-    if not first.is_contiguous() or first.device.type == "meta":
-        return False
-    step = first.numel() * first.element_size()
-    return all(
-        t.is_contiguous() and t.shape == first.shape and t.dtype == first.dtype and t.device == first.device
-        and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
-        and t.data_ptr() == first.data_ptr() + i * step
-        for i, t in enumerate(tensors)
-    )
-
-
 # ----------------------------------------------------------------------------- model
 
 
-class ScoreqModel(nn.Module):
+class ScoreqModel(FastEncoder, nn.Module):
     """The SCOREQ network: wav2vec 2.0 BASE encoder, mean pooling, unit-norm embedding.
 
     Args:
@@ -243,17 +130,8 @@ class ScoreqModel(nn.Module):
             raise ValueError(f"mode must be 'nr' or 'ref', got {mode!r}.")
         transformers = require_transformers("SCOREQ")
         config = transformers.Wav2Vec2Config(**config_overrides)
-        if config.feat_extract_norm != "group" or config.do_stable_layer_norm:
-            raise ValueError(
-                "SCOREQ uses the wav2vec 2.0 BASE layout (feat_extract_norm='group', "
-                "do_stable_layer_norm=False); other layouts are not supported."
-            )
-        if math.prod(config.conv_stride) != HOP:
-            raise ValueError(f"SCOREQ's conv encoder has a total stride of {HOP}; got conv_stride={config.conv_stride}.")
+        self.receptive_field = self._check_layout(config)
         self.mode = mode
-        # samples seen by one output frame (400 for the BASE encoder)
-        self.receptive_field = 1 + sum((k - 1) * math.prod(config.conv_stride[:i])
-                                       for i, k in enumerate(config.conv_kernel))
         self.backbone = transformers.Wav2Vec2Model(config)
         dim = config.hidden_size
         # The contrastive projection head f of the paper; kept so the official files load
@@ -272,12 +150,7 @@ class ScoreqModel(nn.Module):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
         self.precision = precision
         if precision == "bf16":
-            # keep bf16 copies of the conv and linear weights (autocast would cast them on
-            # every call); norms, the positional conv's weight norm and the head stay fp32
-            pos = self.backbone.encoder.pos_conv_embed.conv
-            for module in self.backbone.modules():
-                if isinstance(module, (nn.Linear, nn.Conv1d)) and module is not pos:
-                    module.to(torch.bfloat16)
+            self._store_bf16()
         self._fuse_qkv()
         self.eval()
 
@@ -345,52 +218,7 @@ class ScoreqModel(nn.Module):
         mode = mode or self.mode
         if mode != self.mode:
             raise ValueError(f"{source}: a {self.mode!r} model cannot load a {mode!r} state_dict.")
-        if not isinstance(sd, Mapping):
-            raise ValueError(f"{source}: expected a flat state_dict, got {type(sd).__name__}.")
-        other = "ref" if mode == "nr" else "nr"
-        ssl_prefix = _PREFIXES[mode][0]
-        if sd and not any(k.startswith(ssl_prefix) for k in sd) and any(
-                k.startswith(_PREFIXES[other][0]) for k in sd):
-            kind = {"nr": "no-reference (adapt_nr_*)", "ref": "reference (fixed_nmr_*)"}
-            raise ValueError(
-                f"{source}: this is a {kind[other]} SCOREQ checkpoint (keys start with "
-                f"{_PREFIXES[other][0]!r}), but a {kind[mode]} model was asked for; use the "
-                f"scoreq-{other}-* model with it."
-            )
-        own = self.state_dict()
-        out: dict[str, Tensor] = {}
-        used: set[str] = set()
-        for key, ref in own.items():
-            if encoder_only and not key.startswith("backbone."):
-                out[key] = ref
-                continue
-            name = official_key(key, mode)
-            found = name if name in sd else None
-            alias = _WEIGHT_NORM_ALIASES.get(name[len(ssl_prefix):]) if name.startswith(ssl_prefix) else None
-            if alias is not None and ssl_prefix + alias in sd:
-                if found is not None:
-                    raise ValueError(f"{source}: both {name!r} and {ssl_prefix + alias!r} are present; keep one.")
-                found = ssl_prefix + alias
-            if found is None:
-                if name[len(ssl_prefix):] in _OPTIONAL:
-                    out[key] = torch.zeros_like(ref, device="cpu")
-                    continue
-                raise ValueError(f"{source}: missing key {name!r} (needed for {key!r}); not an official SCOREQ {mode} file.")
-            value = sd[found]
-            if not isinstance(value, Tensor):
-                raise ValueError(f"{source}: key {found!r} holds a {type(value).__name__}, not a tensor.")
-            if tuple(value.shape) != tuple(ref.shape):
-                raise ValueError(
-                    f"{source}: key {found!r} has shape {tuple(value.shape)}, expected {tuple(ref.shape)} "
-                    f"(for {key!r}); the file was made for another architecture."
-                )
-            out[key] = value
-            used.add(found)
-        extra = sorted(set(sd) - used)
-        if extra:
-            more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-            raise ValueError(f"{source}: unexpected key {extra[0]!r}{more}; not an official SCOREQ {mode} file.")
-        return out
+        return convert_official(self.state_dict(), sd, mode, source, encoder_only)
 
     def to_official_state_dict(self) -> dict[str, Tensor]:
         """This model's weights under the official (fairseq) names: the file format of the
@@ -401,173 +229,13 @@ class ScoreqModel(nn.Module):
     def load_official(self, sd: Mapping[str, Tensor], source: str = "checkpoint", encoder_only: bool = False) -> None:
         """Load an official state_dict strictly (see :meth:`convert_official_state_dict`)."""
         converted = self.convert_official_state_dict(sd, source=source, encoder_only=encoder_only)
-        self.load_state_dict(converted, strict=True)
+        load_state_strict(self, converted, source, model="SCOREQ")
 
-    # -- inference -------------------------------------------------------------------
-    #
-    # A clip goes through the conv feature encoder on its own (time blocks for long clips,
-    # so memory stays bounded: GroupNorm statistics are taken over the whole clip in a
-    # first pass, and everything after them is local in time). Clips are then padded at
-    # the frame level into batches for the transformer, with an attention mask, padded
-    # frames zeroed before the positional convolution and a masked mean.
+    # -- inference (the encoder's fast path: FastEncoder, in scoreq_encoder) ---------
 
     @property
     def device(self) -> torch.device:
         return self.backbone.feature_projection.projection.weight.device
-
-    def _conv0(self, x: Tensor, start: int, stop: int) -> Tensor:
-        """Frames [start, stop) of conv 0 of a 1-D clip, as a (C, n) matrix (one GEMM)."""
-        conv = self.backbone.feature_extractor.conv_layers[0].conv
-        k, s = conv.kernel_size[0], conv.stride[0]
-        patches = x[s * start: s * (stop - 1) + k].unfold(0, k, s)  # (n, k) view
-        y = torch.mm(conv.weight[:, 0, :], patches.t())
-        if conv.bias is not None:
-            y += conv.bias[:, None]
-        return y
-
-    def _conv_rest(self, y: Tensor, mean: Tensor | None = None, scale: Tensor | None = None,
-                   shift: Tensor | None = None) -> Tensor:
-        """(Normalise conv-0 output (C, n) in place,) activate, run conv 1..6 -> (C, n')."""
-        layers = self.backbone.feature_extractor.conv_layers
-        if mean is not None:
-            y.sub_(mean[:, None].to(y.dtype)).mul_(scale[:, None].to(y.dtype)).add_(shift[:, None].to(y.dtype))
-        y = self._act(layers[0].activation, y)
-        y = y[None]
-        for layer in layers[1:]:
-            y = self._act(layer.activation, layer.conv(y))
-        return y[0]
-
-    def _act(self, act: nn.Module, y: Tensor) -> Tensor:
-        if self._gelu_inplace(act):
-            return torch.ops.aten.gelu_(y)
-        return act(y)
-
-    @staticmethod
-    def _gelu_inplace(act: nn.Module) -> bool:
-        return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
-
-    def _features(self, x: Tensor) -> Tensor:
-        """(L,) clip, L a multiple of 320 -> (L / 320 - 1, 512) conv features, exactly as
-        the clip alone would get them."""
-        conf = self.backbone.config
-        gn = self.backbone.feature_extractor.conv_layers[0].layer_norm
-        k0, s0 = conf.conv_kernel[0], conf.conv_stride[0]
-        n0 = (x.shape[0] - k0) // s0 + 1
-        frames = x.shape[0] // HOP - 1
-        block = self.block_frames
-        if frames <= block:  # one pass: the GroupNorm itself
-            y = nn.functional.group_norm(self._conv0(x, 0, n0)[None], gn.num_groups, gn.weight, gn.bias, gn.eps)
-            return self._conv_rest(y[0]).t()
-        # pass 1: per-channel statistics over the clip's n0 conv-0 frames, in float64
-        total = torch.zeros(gn.num_channels, dtype=torch.float64, device=x.device)
-        sq = torch.zeros_like(total)
-        step = block * (HOP // s0)
-        for a in range(0, n0, step):
-            y = self._conv0(x, a, min(a + step, n0))
-            total += y.sum(1, dtype=torch.float64)
-            sq += torch.linalg.vector_norm(y, 2, dim=1, dtype=torch.float64).pow(2)
-        mean = total / n0
-        var = (sq / n0 - mean.pow(2)).clamp_min(0)
-        scale = (torch.rsqrt(var + gn.eps) * gn.weight.double()).float()
-        mean = mean.float()
-        # pass 2: output frames [j, j + block) need conv-0 frames [64 j, 64 (j + block) + 15)
-        per = HOP // s0
-        extra = (self.receptive_field - HOP - k0) // s0 + 1  # conv-0 frames shared with the next block
-        out = []
-        for j in range(0, frames, block):
-            j1 = min(j + block, frames)
-            y = self._conv0(x, per * j, per * j1 + extra)
-            out.append(self._conv_rest(y, mean, scale, gn.bias))
-        return torch.cat(out, dim=1).t()
-
-    def _pos_conv_weight(self) -> Tensor:
-        """The positional conv's weight-normed weight, cached while its parameters are unchanged."""
-        conv = self.backbone.encoder.pos_conv_embed.conv
-        if hasattr(conv, "parametrizations"):
-            srcs = (conv.parametrizations.weight.original0, conv.parametrizations.weight.original1)
-        else:  # torch without the parametrisation API
-            srcs = (conv.weight_g, conv.weight_v)
-        key = (self.precision, *((p._version, p.data_ptr(), p.device, p.dtype) for p in srcs))
-        cached = self.__dict__.get("_pos_cache")
-        if cached is None or cached[0] != key:
-            g, v = srcs
-            w = torch._weight_norm(v, g, 2)
-            if self.precision == "bf16":
-                w = w.to(torch.bfloat16)
-            self.__dict__["_pos_cache"] = cached = (key, w)
-        return cached[1]
-
-    def _transformer(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
-        """transformers' Wav2Vec2Encoder (post-norm) on (B, T, D) with a padding mask.
-
-        The same computation as ``Wav2Vec2Encoder.forward`` in eval mode, on its modules
-        and weights, with fewer kernel launches: q/k/v in one GEMM (the three weights are
-        kept adjacent in memory, see :meth:`_fuse_qkv`), residual adds in place, GELU in
-        place, the positional conv's weight norm computed once.
-        """
-        enc = self.backbone.encoder
-        if mask is not None:  # the per-file run has no frames here; the pos conv pads with zeros
-            hidden = hidden.masked_fill(~mask[:, :, None], 0.0)
-        pos = enc.pos_conv_embed
-        pc = nn.functional.conv1d(hidden.transpose(1, 2), self._pos_conv_weight(), pos.conv.bias,
-                                  padding=pos.conv.padding, groups=pos.conv.groups)
-        pc = pos.activation(pos.padding(pc))
-        hidden = enc.layer_norm(hidden + pc.transpose(1, 2))
-        attn = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T): True = attend
-        b, t, d = hidden.shape
-        heads = self.backbone.config.num_attention_heads
-        for layer in enc.layers:
-            att = layer.attention
-            w, bias = self._qkv(att)
-            qkv = nn.functional.linear(hidden, w, bias).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-            o = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn,
-                                                           scale=att.scaling)
-            o = o.transpose(1, 2).reshape(b * t, d)
-            h = torch.addmm(att.out_proj.bias, o, att.out_proj.weight.t()).view(b, t, d)
-            hidden = layer.layer_norm(h.add_(hidden))
-            ff = layer.feed_forward
-            z = self._act(ff.intermediate_act_fn, ff.intermediate_dense(hidden))
-            h = torch.addmm(ff.output_dense.bias, z.view(b * t, -1), ff.output_dense.weight.t()).view(b, t, d)
-            hidden = layer.final_layer_norm(h.add_(hidden))
-        return hidden
-
-    @staticmethod
-    def _qkv(att: nn.Module) -> tuple[Tensor, Tensor]:
-        """One (3D, D) weight and (3D,) bias for q, k, v: views when they are adjacent."""
-        ws = (att.q_proj.weight, att.k_proj.weight, att.v_proj.weight)
-        bs = (att.q_proj.bias, att.k_proj.bias, att.v_proj.bias)
-        if _adjacent(ws) and _adjacent(bs):
-            d = ws[0].shape[0]
-            return (ws[0].as_strided((3 * d, ws[0].shape[1]), ws[0].stride()),
-                    bs[0].as_strided((3 * d,), bs[0].stride()))
-        return torch.cat(ws), torch.cat(bs)
-
-    @torch.no_grad()
-    def _fuse_qkv(self) -> None:
-        """Store each layer's q, k, v weights (and biases) back to back in one tensor, so
-        attention projects with one GEMM and no copy.
-
-        The registered Parameters stay the same objects (state_dict keys, an optimiser or
-        DDP built earlier, hooks): only their storage is rebound (``p.data = ...``), as
-        ``Module.to()`` itself does. Called after construction and after every
-        ``.to()`` / ``.double()`` / ``.half()``, which give each tensor its own storage; an
-        optimiser's in-place step or ``load_state_dict`` writes through to the fused tensor.
-        Should adjacency be lost otherwise (a Parameter replaced by hand), :meth:`_qkv`
-        concatenates on the fly.
-        """
-        if self.backbone.encoder.layers[0].attention.q_proj.weight.is_meta:
-            return
-        for layer in self.backbone.encoder.layers:
-            att = layer.attention
-            mods = (att.q_proj, att.k_proj, att.v_proj)
-            for name in ("weight", "bias"):
-                ps = [getattr(m, name) for m in mods]
-                if _adjacent(ps):
-                    continue
-                fused = torch.cat([p.detach() for p in ps])
-                n = ps[0].shape[0]
-                for i, p in enumerate(ps):
-                    p.data = fused[i * n:(i + 1) * n]
 
     def _apply(self, fn: Any, recurse: bool = True) -> ScoreqModel:
         out = super()._apply(fn, recurse)

@@ -48,6 +48,11 @@ design matrices depend on the geometry only and are cached per (rate, device, dt
 that edits parameters through ``.data`` bypasses version counters: call
 :meth:`SFIConv1d.clear_cache` after it.
 
+The pieces: :mod:`~torchmos.models.sfi_filters` (the latent analog filters),
+:mod:`~torchmos.models.sfi_geometry` (tap placement at a rate),
+:mod:`~torchmos.models.sfi_fit` (initialisation from an ordinary kernel) and this module
+(the layer: kernel design, caching, the polyphase convolution).
+
 >>> layer = SFIConv1d(1, 8, kernel_size=10, stride=5, ref_sample_rate=16000)
 >>> x16, x48 = torch.randn(1, 1, 16000), torch.randn(1, 1, 48000)
 >>> layer(x16, sample_rate=16000).shape, layer(x48, sample_rate=48000).shape
@@ -60,12 +65,15 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
-from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import sfi_fit
+from .sfi_filters import ModulatedGaussian, NeuralAnalogFilter, erb_to_hz, hz_to_erb
+from .sfi_geometry import MAX_PHASES as MAX_PHASES
+from .sfi_geometry import Geometry
 
 __all__ = [
     "Geometry",
@@ -76,189 +84,11 @@ __all__ = [
     "hz_to_erb",
 ]
 
-MAX_PHASES = 128  # exact for every common rate (11.025 kHz needs 128 with K0=10, S0=5 at 16 kHz)
 
 # The rate of the call in progress, per layer (id -> Hz), set by SFIConv1d.at_rate. A context
 # variable is private to its thread (and asyncio task): concurrent callers of one shared
 # layer each see their own rate, and nothing is written onto the layer.
 _CALL_RATES: ContextVar[dict[int, int] | None] = ContextVar("torchmos_sfi_call_rates", default=None)
-
-
-def hz_to_erb(f: Tensor | float) -> Tensor:
-    """ERB-rate (Glasberg & Moore 1990) of frequencies in Hz: ``9.265 ln(1 + f / 228.8)``."""
-    f = torch.as_tensor(f, dtype=torch.float64)
-    return 9.265 * torch.log1p(f / (24.7 * 9.265))
-
-
-def erb_to_hz(e: Tensor | float) -> Tensor:
-    """Inverse of :func:`hz_to_erb`."""
-    e = torch.as_tensor(e, dtype=torch.float64)
-    return 24.7 * 9.265 * torch.expm1(e / 9.265)
-
-
-# ----------------------------------------------------------------------------- analog filters
-
-
-class ModulatedGaussian(nn.Module):
-    """``n`` modulated Gaussian analog filters (real impulse responses).
-
-    Args:
-        n_filters: number of filters.
-        ref_sample_rate: ``F0``; ``mu`` and ``sigma`` are in units of ``F0 / 2`` Hz.
-        freq_range: (low, high) Hz of the ERB-spaced initial centres (default 50 Hz to ``F0/2``).
-        init_sigma_hz: initial ``sigma`` in Hz (standard deviation of the Gaussian in frequency).
-        min_sigma_hz: lower bound of ``sigma`` in Hz.
-    """
-
-    def __init__(self, n_filters: int, ref_sample_rate: int = 16000, freq_range: tuple[float, float] | None = None,
-                 init_sigma_hz: float = 400.0, min_sigma_hz: float = 1.0) -> None:
-        super().__init__()
-        self.unit_hz = ref_sample_rate / 2.0
-        lo, hi = freq_range or (50.0, ref_sample_rate / 2.0)
-        erb = torch.linspace(float(hz_to_erb(lo)), float(hz_to_erb(hi)), n_filters, dtype=torch.float64)
-        self.mu = nn.Parameter((erb_to_hz(erb) / self.unit_hz).float())
-        self.sigma = nn.Parameter(torch.full((n_filters,), init_sigma_hz / self.unit_hz))
-        self.phi = nn.Parameter(torch.rand(n_filters) * math.pi)
-        self.min_sigma = min_sigma_hz / self.unit_hz
-
-    @property
-    def n_filters(self) -> int:
-        return self.mu.shape[0]
-
-    def _rad(self) -> tuple[Tensor, Tensor]:
-        scale = 2 * math.pi * self.unit_hz  # unit -> rad/s
-        return self.mu * scale, self.sigma.abs().clamp_min(self.min_sigma) * scale
-
-    def response(self, omega: Tensor) -> tuple[Tensor, Tensor]:
-        """(Re H, Im H) at angular frequencies ``omega`` (rad/s), each (n, len(omega))."""
-        mu, sigma = self._rad()
-        w = omega[None, :]
-        g1 = torch.exp(-((w - mu[:, None]) ** 2) / (2 * sigma[:, None] ** 2))
-        g2 = torch.exp(-((w + mu[:, None]) ** 2) / (2 * sigma[:, None] ** 2))
-        c, s = torch.cos(self.phi)[:, None], torch.sin(self.phi)[:, None]
-        return (g1 + g2) * c, (g1 - g2) * s
-
-    def impulse(self, t: Tensor) -> Tensor:
-        """Analog impulse response ``h(t)`` (per second) at times ``t`` (s): (n, len(t))."""
-        mu, sigma = self._rad()
-        env = (2 * sigma[:, None] / math.sqrt(2 * math.pi)) * torch.exp(-(sigma[:, None] * t[None, :]) ** 2 / 2)
-        return env * torch.cos(mu[:, None] * t[None, :] + self.phi[:, None])
-
-    def centre_hz(self) -> Tensor:
-        """Centre frequencies in Hz, (n,)."""
-        return (self.mu * self.unit_hz).abs()
-
-    def extra_repr(self) -> str:
-        return f"n_filters={self.n_filters}, unit_hz={self.unit_hz:g}"
-
-
-class _GridNorm(nn.Module):
-    """``GroupNorm(1, C)`` over (features x the whole frequency grid), as the authors' NAF."""
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:  # (M, C)
-        mean = x.mean()
-        var = x.var(unbiased=False)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
-
-
-class NeuralAnalogFilter(nn.Module):
-    """``n`` neural analog filters: an MLP on random Fourier features of normalised frequency.
-
-    ``nu = f / norm_freq`` (default ``F0 / 2``, so ``nu`` is 1 at the reference Nyquist);
-    features ``[cos(b nu), sin(b nu)]`` with learnable ``b`` (``n_rff`` of them, drawn
-    from ``N(0, (2 pi rff_scale)^2)``); hidden layers ``Linear -> norm -> ReLU``; the last
-    layer gives ``Re H`` of every filter then ``Im H`` of every filter.
-
-    Args:
-        norm: ``"layer"`` (per frequency: ``H`` is a function of frequency alone) or
-            ``"grid"`` (over the whole frequency grid, as the authors' ``GroupNorm(1, C)``).
-    """
-
-    def __init__(self, n_filters: int, ref_sample_rate: int = 16000, n_rff: int = 128,
-                 hidden: tuple[int, ...] = (224, 224), rff_scale: float = 10.0, norm: str = "layer",
-                 norm_freq: float | None = None) -> None:
-        super().__init__()
-        if norm not in ("layer", "grid"):
-            raise ValueError(f"norm must be 'layer' or 'grid', got {norm!r}.")
-        self.n = int(n_filters)
-        self.norm_kind = norm
-        self.norm_freq = float(norm_freq or ref_sample_rate / 2.0)
-        self.rff = nn.Parameter(torch.randn(n_rff) * (2 * math.pi * rff_scale))
-        layers: list[nn.Module] = []
-        width = 2 * n_rff
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.LayerNorm(h) if norm == "layer" else _GridNorm(h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, 2 * self.n))
-        self.net = nn.Sequential(*layers)
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
-
-    @property
-    def n_filters(self) -> int:
-        return self.n
-
-    def response(self, omega: Tensor) -> tuple[Tensor, Tensor]:
-        """(Re H, Im H) at angular frequencies ``omega`` (rad/s), each (n, len(omega))."""
-        nu = omega / (2 * math.pi * self.norm_freq)
-        z = nu[:, None] * self.rff[None, :]
-        out = self.net(torch.cat([torch.cos(z), torch.sin(z)], dim=1))  # (M, 2n)
-        return out[:, : self.n].T, out[:, self.n :].T
-
-    def extra_repr(self) -> str:
-        return f"n_filters={self.n}, n_rff={self.rff.shape[0]}, norm={self.norm_kind!r}, norm_freq={self.norm_freq:g}"
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where the taps of an SFI layer fall at one sample rate.
-
-    Attributes:
-        sample_rate: ``Fs``.
-        kernel_size: ``K = int(K0 Fs / F0)``.
-        stride: the nominal ``S = int(S0 Fs / F0)``.
-        hop: the exact frame hop in samples, ``S0 Fs / F0`` (a fraction).
-        offsets: first sample of frame ``j`` for ``j < q`` (frame ``a q + j`` starts at
-            ``a p + offsets[j]`` with ``hop = p / q``).
-        phases: fractional part of frame ``j``'s start, in samples.
-        window: the window length ``K0 Fs / F0`` in samples (a fraction).
-    """
-
-    sample_rate: int
-    kernel_size: int
-    stride: int
-    hop: Fraction
-    offsets: tuple[int, ...]
-    phases: tuple[Fraction, ...]
-    window: Fraction
-
-    @property
-    def q(self) -> int:
-        return self.hop.denominator
-
-    @property
-    def p(self) -> int:
-        return self.hop.numerator
-
-    def frames(self, length: int) -> int:
-        """Frames of a signal of ``length`` samples: those whose whole window lies inside it."""
-        if length < self.window:
-            return 0
-        return int((length - self.window) // self.hop) + 1
-
-    def starts(self, n_frames: int) -> list[int]:
-        """First sample of each frame (``floor(m * hop)``)."""
-        return [(m * self.p) // self.q for m in range(n_frames)]
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -357,31 +187,9 @@ class SFIConv1d(nn.Module):
         """Kernel size, stride and tap placement at ``sample_rate`` (cached)."""
         fs = int(sample_rate)
         g = self._geometry.get(fs)
-        if g is not None:
-            return g
-        if fs <= 0 or fs != sample_rate:
-            raise ValueError(f"sample rate must be a positive whole number of Hz, got {sample_rate!r}.")
-        f0 = self.ref_sample_rate
-        k = (self.ref_kernel_size * fs) // f0
-        if k < 1:
-            raise ValueError(
-                f"sample rate {fs} Hz is too low for this layer: its {self.ref_kernel_size}-tap "
-                f"window at {f0} Hz would hold no sample (needs at least {math.ceil(f0 / self.ref_kernel_size)} Hz)."
-            )
-        hop = Fraction(self.ref_stride * fs, f0)
-        if hop.denominator > MAX_PHASES:
-            hop = hop.limit_denominator(MAX_PHASES)
-        p, q = hop.numerator, hop.denominator
-        g = Geometry(
-            sample_rate=fs,
-            kernel_size=k,
-            stride=max(1, (self.ref_stride * fs) // f0),
-            hop=hop,
-            offsets=tuple((j * p) // q for j in range(q)),
-            phases=tuple(Fraction((j * p) % q, q) for j in range(q)),
-            window=Fraction(self.ref_kernel_size * fs, f0),
-        )
-        self._geometry[fs] = g
+        if g is None:
+            g = Geometry.at(sample_rate, self.ref_kernel_size, self.ref_stride, self.ref_sample_rate)
+            self._geometry[fs] = g
         return g
 
     def kernel_size_at(self, sample_rate: int) -> int:
@@ -556,65 +364,9 @@ class SFIConv1d(nn.Module):
 
     def fit_to_kernel(self, weight: Tensor, steps: int = 300, lr: float | None = None) -> float:
         """Fit the analog filters so that the kernel generated at the reference rate matches
-        ``weight`` (out, in, K0), e.g. the first conv of a pretrained 16 kHz model.
-
-        Neural filters fit the kernels themselves (normalised squared error); what they do
-        above ``F0/2`` is left to distillation (asking them to be silent there, as the
-        16 kHz model's band-limited input would suggest, made 48 kHz features worse in our
-        trials: a sharp edge at ``F0/2`` cannot be realised in the short window). Modulated
-        Gaussians have unit peak gain and can only match a kernel's shape: they are
-        initialised at each kernel's spectral peak (centre, width, phase) and then fit
-        ``1 - cosine similarity``; the gain is lost, which a following per-channel
-        normalisation (wav2vec 2.0's GroupNorm) makes irrelevant. Returns the final mean
-        loss. Leaves the layer's mode and the kernel cache consistent.
-        """
-        f0 = self.ref_sample_rate
-        target = weight.detach().to(torch.float32).reshape(-1, self.ref_kernel_size)
-        if target.shape[0] != self.in_channels * self.out_channels:
-            raise ValueError(f"weight has {target.shape[0]} kernels, this layer {self.in_channels * self.out_channels}.")
-        p0 = next(self.analog.parameters())
-        target = target.to(p0.device)
-        gauss = isinstance(self.analog, ModulatedGaussian)
-        if gauss:
-            self._init_gauss_from(target)
-        groups = ([{"params": [self.analog.mu, self.analog.sigma], "lr": lr or 3e-3},
-                   {"params": [self.analog.phi], "lr": 10 * (lr or 3e-3)}] if gauss
-                  else [{"params": list(self.analog.parameters()), "lr": lr or 3e-3}])
-        opt = torch.optim.Adam(groups)
-        tnorm = target.norm(dim=1).clamp_min(1e-12)
-        loss = torch.tensor(float("nan"))
-        with torch.enable_grad():
-            for _ in range(max(0, int(steps))):
-                w = self._generate(f0)[0].reshape(target.shape)
-                if gauss:
-                    cos = (w * target).sum(1) / (w.norm(dim=1).clamp_min(1e-12) * tnorm)
-                    loss = (1 - cos).mean()
-                else:
-                    loss = (((w - target) ** 2).sum(1) / tnorm**2).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        self.clear_cache()
-        return float(loss.detach())
-
-    @torch.no_grad()
-    def _init_gauss_from(self, target: Tensor) -> None:
-        """Centre, width and phase of each kernel's spectral peak (reference-rate DTFT)."""
-        f0 = self.ref_sample_rate
-        om = self.omega(f0, device=target.device, dtype=torch.float64)
-        d = self.delays(f0)[0].to(target.device)
-        spec = target.double().to(torch.complex128) @ torch.exp(-1j * d[:, None] * om[None, :])  # (n, M)
-        mag = spec.abs()
-        peak = torch.argmax(mag, dim=1)
-        mu = om[peak]
-        phi = torch.angle(spec[torch.arange(len(peak)), peak])
-        p2 = mag**2
-        var = (p2 * (om[None, :] - mu[:, None]) ** 2).sum(1) / p2.sum(1).clamp_min(1e-30)
-        unit = 2 * math.pi * self.analog.unit_hz
-        sigma = var.sqrt().clamp(2 * math.pi * 50.0, math.pi * f0)
-        self.analog.mu.copy_((mu / unit).to(self.analog.mu.dtype))
-        self.analog.sigma.copy_((sigma / unit).to(self.analog.sigma.dtype))
-        self.analog.phi.copy_(phi.to(self.analog.phi.dtype))
+        ``weight`` (out, in, K0), e.g. the first conv of a pretrained 16 kHz model; returns
+        the final mean loss (see :func:`torchmos.models.sfi_fit.fit_to_kernel`)."""
+        return sfi_fit.fit_to_kernel(self, weight, steps, lr)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.ref_kernel_size}, "

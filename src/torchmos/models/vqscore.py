@@ -19,6 +19,10 @@ loads strictly; torchmos' own files carry a small header with the model's config
 Every clip is scored by its own length: clips of a batch are padded, but the STFT
 reflects each clip at its own ends and the instance norms use masked statistics over
 each clip's own frames, so a score does not depend on the rest of the batch.
+
+The pieces: :mod:`~torchmos.models.vqscore_layers` (encoder and decoder),
+:mod:`~torchmos.models.vqscore_codebook` (the cosine codebook) and this module (the
+model: spectra, scoring, files).
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from torch import Tensor, nn
 
 from .. import hub
 from ..hub import save_atomic
+from .strict import load_state_strict
+from .vqscore_codebook import CosineCodebook
+from .vqscore_layers import IN_EPS as IN_EPS
+from .vqscore_layers import N_FFT, _Decoder, _Encoder
+from .vqscore_layers import N_FREQ as N_FREQ
+from .vqscore_layers import SLOPE as SLOPE
 
 __all__ = [
     "AUTHORS_KEYS",
@@ -44,13 +54,9 @@ __all__ = [
     "n_frames",
 ]
 
-N_FFT = 512
 HOP = 256
-N_FREQ = N_FFT // 2 + 1
 MAG_FLOOR = 1e-7  # on re^2 + im^2, before the square root
 COS_EPS = 1e-5  # added to the norms in every cosine (score and reconstruction loss)
-IN_EPS = 1e-5  # InstanceNorm1d's default
-SLOPE = 0.3  # LeakyReLU negative slope
 FORMAT_VERSION = 1
 
 # The authors' state_dict prefixes (VQVAE_QE) -> ours. Conv names are kept as they are.
@@ -83,209 +89,6 @@ def frame_cosine(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
         return cos.mean(dim=1)
     m = mask[:, 0]
     return (cos * m).sum(dim=1) / m.sum(dim=1)
-
-
-def _instance_norm(x: Tensor, mask: Tensor | None, count: Tensor | None) -> Tensor:
-    """InstanceNorm1d (no affine, no running stats) over the valid frames only."""
-    if mask is None:
-        return F.instance_norm(x, eps=IN_EPS)
-    mean = (x * mask).sum(dim=-1, keepdim=True) / count
-    centred = (x - mean) * mask
-    var = (centred * centred).sum(dim=-1, keepdim=True) / count
-    return centred * torch.rsqrt(var + IN_EPS)
-
-
-def _conv(cin: int, cout: int) -> nn.Conv1d:
-    return nn.Conv1d(cin, cout, kernel_size=7, stride=1, padding=3)
-
-
-class _Encoder(nn.Module):
-    """|X| (B, 257, T) -> z (B, dim, T); instance norm on the input and after every layer."""
-
-    def __init__(self, channels: Sequence[int] = (128, 64), dim: int = 32) -> None:
-        super().__init__()
-        c1, c2 = (int(c) for c in channels)
-        self.conv_enc1 = _conv(N_FREQ, c1)
-        self.conv_enc2 = _conv(c1, c1)
-        self.conv_enc3 = _conv(c1, c2)
-        self.conv_enc4 = _conv(c2, c2)
-        self.conv_enc5 = _conv(c2, dim)
-        self.conv_enc6 = _conv(dim, dim)
-
-    def forward(self, mag: Tensor, mask: Tensor | None = None) -> Tensor:
-        count = None if mask is None else mask.sum(dim=-1, keepdim=True)
-
-        def norm(t: Tensor) -> Tensor:  # masked output is exactly zero beyond each clip
-            return _instance_norm(t, mask, count)
-
-        def act(t: Tensor) -> Tensor:
-            return F.leaky_relu(t, SLOPE)
-
-        x = norm(mag)
-        e1 = norm(act(self.conv_enc1(x)))
-        e2 = norm(act(self.conv_enc2(e1)))
-        e3 = norm(act(self.conv_enc3(e1 + e2)))
-        e4 = norm(act(self.conv_enc4(e3)))
-        e5 = norm(act(self.conv_enc5(e3 + e4)))
-        return norm(self.conv_enc6(e5))
-
-
-class _Decoder(nn.Module):
-    """zq (B, dim, T) -> reconstructed |X| (B, 257, T), non-negative."""
-
-    def __init__(self, channels: Sequence[int] = (128, 64), dim: int = 32) -> None:
-        super().__init__()
-        c1, c2 = (int(c) for c in channels)
-        self.conv_dec1 = _conv(dim, dim)
-        self.conv_dec2 = _conv(dim, c2)
-        self.conv_dec3 = _conv(c2, c2)
-        self.conv_dec4 = _conv(c2, c1)
-        self.conv_dec5 = _conv(c1, c1)
-        self.conv_dec6 = _conv(c1, N_FREQ)
-
-    def forward(self, zq: Tensor, mask: Tensor | None = None) -> Tensor:
-        def act(t: Tensor) -> Tensor:  # zero beyond each clip, as a lone clip's conv padding
-            t = F.leaky_relu(t, SLOPE)
-            return t if mask is None else t * mask
-
-        zq = zq if mask is None else zq * mask
-        d1 = act(self.conv_dec1(zq))
-        d2 = act(self.conv_dec2(d1))
-        d3 = act(self.conv_dec3(d2))
-        d4 = act(self.conv_dec4(d3 + d2))
-        d5 = act(self.conv_dec5(d4))
-        out = F.relu(self.conv_dec6(d5 + d4))
-        return out if mask is None else out * mask
-
-
-def _sample_rows(x: Tensor, n: int) -> Tensor:
-    """``n`` rows of ``x`` drawn without replacement when possible (global torch RNG, CPU)."""
-    if x.shape[0] >= n:
-        idx = torch.randperm(x.shape[0])[:n]
-    else:
-        idx = torch.randint(0, x.shape[0], (n,))
-    return x[idx.to(x.device)]
-
-
-class CosineCodebook(nn.Module):
-    """Cosine-similarity codebook with EMA updates, k-means init and dead-code replacement.
-
-    Buffers (names and shapes as in the authors' checkpoint, one head):
-    ``initted`` (1,), ``cluster_size`` (1, K), ``embed_avg`` (1, K, D), ``embed`` (1, K, D).
-
-    * Inputs are L2-normalised per frame; the nearest code is the one with the largest dot
-      product; codes are unit vectors.
-    * ``update=True`` (training): the first batch initialises the codebook by spherical
-      k-means (``kmeans_iters`` iterations on the batch's frames); every batch then moves
-      ``cluster_size`` and ``embed_avg`` by an EMA of decay ``decay`` (counts and sums of the
-      frames assigned to each code) and sets ``embed = l2norm(embed_avg / smoothed counts)``
-      (Laplace smoothing, eps 1e-5). Codes whose EMA count falls below
-      ``dead_code_threshold`` are replaced by random frames of the batch (0 disables it;
-      the authors' released model was trained with it off).
-    * The commitment loss is the MSE between the normalised input and its (detached) code.
-    """
-
-    def __init__(self, size: int = 2048, dim: int = 32, decay: float = 0.8, kmeans_init: bool = True,
-                 kmeans_iters: int = 10, dead_code_threshold: float = 0.0, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.size, self.dim = int(size), int(dim)
-        self.decay = float(decay)
-        self.kmeans_iters = int(kmeans_iters)
-        self.dead_code_threshold = float(dead_code_threshold)
-        self.eps = float(eps)
-        if kmeans_init:
-            embed = torch.zeros(1, self.size, self.dim)
-        else:  # a random unit codebook, ready to use (as the reference without k-means)
-            embed = torch.empty(1, self.size, self.dim)
-            nn.init.kaiming_uniform_(embed)
-            embed = F.normalize(embed, dim=-1)
-        self.register_buffer("initted", torch.tensor([0.0 if kmeans_init else 1.0]))
-        self.register_buffer("cluster_size", torch.zeros(1, self.size))
-        self.register_buffer("embed_avg", embed.clone())
-        self.register_buffer("embed", embed)
-
-    @property
-    def is_initialised(self) -> bool:
-        return bool(self.initted.item() != 0)
-
-    def nearest(self, xn: Tensor, chunk: int = 8192) -> Tensor:
-        """Index of the nearest code of each row of ``xn`` (N, D), rows L2-normalised."""
-        codes = self.embed[0]
-        if xn.shape[0] <= chunk:
-            return (xn @ codes.t()).argmax(dim=-1)
-        return torch.cat([(c @ codes.t()).argmax(dim=-1) for c in xn.split(chunk)])
-
-    def forward(self, x: Tensor, update: bool = False,
-                straight_through: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Quantise frames ``x`` (N, D).
-
-        Returns ``(zq, codes, commit_loss)``: ``zq`` (N, D) the unit codes (with a
-        straight-through gradient to the normalised input when ``straight_through``,
-        by default in training mode), ``codes`` (N,), and the commitment loss (scalar).
-        """
-        xn = F.normalize(x.float(), p=2, dim=-1)
-        if update and not self.is_initialised:
-            self._kmeans_init(xn.detach())
-        codes = self.nearest(xn)
-        q = self.embed[0].index_select(0, codes)
-        commit = F.mse_loss(q, xn)  # codes are buffers: the gradient goes to the encoder only
-        if update:
-            self._ema_update(xn.detach(), codes)
-            self._expire_codes(xn.detach())
-        if straight_through is None:
-            straight_through = self.training
-        zq = xn + (q - xn).detach() if straight_through else q
-        return zq, codes, commit
-
-    # -- training-time codebook maintenance -------------------------------------------
-
-    @torch.no_grad()
-    def _kmeans_init(self, xn: Tensor) -> None:
-        means = _sample_rows(xn, self.size)
-        counts = torch.zeros(self.size, device=xn.device)
-        for _ in range(self.kmeans_iters):
-            assign = (xn @ means.t()).argmax(dim=-1)
-            counts = torch.bincount(assign, minlength=self.size).to(xn.dtype)
-            sums = torch.zeros_like(means).index_add_(0, assign, xn)
-            new = F.normalize(sums / counts.clamp(min=1).unsqueeze(-1), dim=-1)
-            means = torch.where((counts == 0).unsqueeze(-1), means, new)
-        self.embed[0].copy_(means)
-        self.embed_avg[0].copy_(means * counts.unsqueeze(-1))
-        self.cluster_size[0].copy_(counts)
-        self.initted.fill_(1.0)
-
-    @torch.no_grad()
-    def _ema_update(self, xn: Tensor, codes: Tensor) -> None:
-        counts = torch.bincount(codes, minlength=self.size).to(xn.dtype)
-        sums = torch.zeros(self.size, self.dim, device=xn.device, dtype=xn.dtype).index_add_(0, codes, xn)
-        self.cluster_size[0].lerp_(counts, 1.0 - self.decay)
-        self.embed_avg[0].lerp_(sums, 1.0 - self.decay)
-        total = self.cluster_size.sum(dim=-1, keepdim=True)
-        smoothed = (self.cluster_size + self.eps) / (total + self.size * self.eps) * total
-        self.embed.copy_(F.normalize(self.embed_avg / smoothed.unsqueeze(-1), dim=-1))
-
-    @torch.no_grad()
-    def _expire_codes(self, xn: Tensor) -> None:
-        if self.dead_code_threshold <= 0:
-            return
-        dead = self.cluster_size[0] < self.dead_code_threshold
-        n = int(dead.sum())
-        if n == 0:
-            return
-        fresh = _sample_rows(xn, n)
-        self.embed[0][dead] = fresh
-        self.embed_avg[0][dead] = fresh * self.dead_code_threshold
-        self.cluster_size[0][dead] = self.dead_code_threshold
-
-    @torch.no_grad()
-    def usage_perplexity(self) -> float:
-        """exp(entropy) of the EMA code counts: how many codes are effectively in use."""
-        p = self.cluster_size[0].double()
-        if float(p.sum()) <= 0:
-            return 0.0
-        p = p / p.sum()
-        p = p[p > 0]
-        return float(torch.exp(-(p * p.log()).sum()))
 
 
 class VQOutput(NamedTuple):
@@ -402,49 +205,22 @@ class VQScoreModel(nn.Module):
 
     def load_checkpoint_state(self, sd: dict[str, Tensor], rename: dict[str, str] | None = None,
                               source: str = "checkpoint") -> None:
-        """Strict load: every key present, none extra, every shape right; keys named in errors.
+        """Strict load (:func:`torchmos.models.load_state_strict`): every key present, none
+        extra, every shape right, no NaN/Inf; keys named in errors.
 
         ``rename`` maps source prefixes to ours (e.g. :data:`AUTHORS_KEYS`); errors name
         the keys as the source spells them.
         """
-        rename = rename or {}
 
-        def ours(key: str) -> str:
-            for a, b in rename.items():
-                if key.startswith(a):
-                    return b + key[len(a):]
-            return key
-
-        def theirs(key: str) -> str:
-            for a, b in rename.items():
-                if key.startswith(b):
-                    return a + key[len(b):]
-            return key
-
-        own = self.state_dict()
-        mapped = {ours(k): v for k, v in sd.items()}
-        missing = sorted(theirs(k) for k in set(own) - set(mapped))
-        extra = sorted(k for k in sd if ours(k) not in own)
-        if missing or extra:
-            hint = ""
+        def hint(missing: list[str], extra: list[str]) -> str:
             if any("transformer" in k for k in extra):
-                hint = (" It looks like the authors' speech-enhancement VQ-VAE, not the "
+                return (" It looks like the authors' speech-enhancement VQ-VAE, not the "
                         "quality estimator (QE) that VQScore uses.")
-            raise ValueError(
-                f"{source}: does not match the VQScore model: missing keys {missing[:6]}"
-                f"{'...' if len(missing) > 6 else ''}, unexpected keys {extra[:6]}"
-                f"{'...' if len(extra) > 6 else ''}.{hint}"
-            )
-        for k, v in sd.items():
-            if not isinstance(v, Tensor):
-                raise ValueError(f"{source}: key {k!r} holds a {type(v).__name__}, not a tensor.")
-            want = tuple(own[ours(k)].shape)
-            if tuple(v.shape) != want:
-                raise ValueError(f"{source}: key {k!r} has shape {tuple(v.shape)}, expected {want} "
-                                 f"(model config {self.config}).")
-            if not torch.isfinite(v).all():
-                raise ValueError(f"{source}: key {k!r} holds NaN/Inf values.")
-        self.load_state_dict(mapped, strict=True)
+            return ""
+
+        load_state_strict(self, sd, source, model="VQScore", rename=rename, hint=hint,
+                          detail=f" (model config {self.config})", finite=True)
+
 
     def checkpoint(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """This model as a torchmos checkpoint dict (see :meth:`save`)."""
