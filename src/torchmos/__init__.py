@@ -30,7 +30,7 @@ _LAZY: dict[str, str] = {
     "ScoreqRef": "torchmos.metrics",
     "VQScore": "torchmos.metrics",
 }
-_SUBMODULES = ("adapters", "cli", "losses", "metrics", "synth", "training")
+_SUBMODULES = ("adapters", "cli", "losses", "metrics", "report", "stats", "synth", "training")
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .metrics import DistillMOS, MOSMetric, MsrUtmos, ScoreqNR, ScoreqRef, VQScore

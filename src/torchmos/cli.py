@@ -4,6 +4,8 @@
                             [--device D] [--resume] [--reference DIR|SCP] [--reference-set DIR]
     torchmos models
     torchmos demo
+    torchmos compare A.csv B.csv [...] [--by condition] [--json]
+    torchmos report A.csv [B.csv ...] -o report.html [--embed-audio]
     torchmos train RECIPE ...
 
 ``score`` keeps going past files it cannot read or score: each is reported on stderr and
@@ -409,8 +411,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _unavailable(recipe: str, err: ImportError):
+    """The recipe's stand-in when its module does not import: the error, and the fix when
+    it is the training extra that is missing."""
+    missing = (getattr(err, "name", None) or "").split(".")[0]
+    hint = ""
+    if missing in ("lightning", "pytorch_lightning", "lightning_fabric"):
+        hint = ("; the training recipes need Lightning: pip install 'torchmos[train]' "
+                "(from a checkout: pip install -e '.[train]')")
+
     def run(args: argparse.Namespace) -> int:
-        print(f"torchmos: the {recipe} recipe cannot be loaded: {err}", file=sys.stderr)
+        print(f"torchmos: the {recipe} recipe cannot be loaded: {err}{hint}", file=sys.stderr)
         return 2
 
     return run
@@ -454,21 +464,29 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     d.add_argument("--model", default="distillmos")
     d.set_defaults(func=cmd_demo)
 
+    from .cli_compare import add_subcommands  # compare, report: their modules load only when run
+
+    add_subcommands(sub)
     t = sub.add_parser("train", help="train a predictor on your own data")
     tsub = t.add_subparsers(dest="recipe", required=True)
     wanted = _requested_recipe(argv)
     for recipe, module in RECIPES.items():
-        rp = tsub.add_parser(recipe, help=RECIPE_HELP[recipe], description=RECIPE_HELP[recipe])
+        mod, err = None, None
+        if recipe == wanted:
+            try:
+                mod = importlib.import_module(module)
+            except ImportError as e:
+                err = e
+        # a recipe that cannot be imported takes any arguments, so that its message is shown
+        anything = {"prefix_chars": "\0", "add_help": False} if err is not None else {}
+        rp = tsub.add_parser(recipe, help=RECIPE_HELP[recipe], description=RECIPE_HELP[recipe], **anything)
         rp.set_defaults(func=cmd_train, recipe_module=module)
-        if recipe != wanted:
-            continue
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            rp.set_defaults(recipe_run=_unavailable(recipe, e))
-            continue
-        mod.add_arguments(rp)
-        rp.set_defaults(recipe_run=mod.run)
+        if err is not None:
+            rp.add_argument("options", nargs="*")
+            rp.set_defaults(recipe_run=_unavailable(recipe, err))
+        elif mod is not None:
+            mod.add_arguments(rp)
+            rp.set_defaults(recipe_run=mod.run)
     return p
 
 

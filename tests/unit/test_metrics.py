@@ -139,8 +139,8 @@ def test_plot(data):
     matplotlib.use("Agg")
     m = DistillMOS(per_utterance=True)
     m.update(data[:1])
-    fig, ax = m.plot()
-    assert ax.get_ylim()[0] <= 1.0 and ax.get_ylim()[1] >= 5.0
+    fig, ax = m.plot()  # per_utterance: the distribution of the scores, on the MOS axis
+    assert ax.get_xlim()[0] <= 1.0 and ax.get_xlim()[1] >= 5.0
     fig2, _ = m.plot([torch.tensor(2.0), torch.tensor(3.0)])
     assert fig2 is not None
 
