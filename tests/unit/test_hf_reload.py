@@ -6,7 +6,9 @@ then reloaded in a fresh interpreter that is offline (``TORCHMOS_OFFLINE``,
 ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``), has an empty ``TORCHMOS_HOME`` and whose
 ``torchmos.hub.resolve`` raises: the network must come from ``config.json`` and the
 weights from ``model.safetensors``, nothing else. Scores through ``from_pretrained`` and
-through ``pipeline("audio-quality", model=dir)`` must equal the original model's.
+through ``pipeline("audio-quality", model=dir)`` and (for a fixed-rate model) transformers'
+own ``pipeline("audio-classification", model=dir)`` must equal the original model's.
+``dtype=torch.bfloat16`` must give torchmos' own bf16 mode, or be refused where there is none.
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ if how == "pipeline":
     inputs = [{"array": c, "sampling_rate": fs} for c, fs in zip(clips, rates)]
     out["pipeline"] = [o["score"] for o in pipe(inputs, batch_size=len(inputs))]
     out["one_by_one"] = [pipe(x)["score"] for x in inputs]
+    if model.config.sampling_rate:  # transformers' own pipeline resamples to one rate: not for MSR-UTMOS
+        import transformers
+        from packaging.version import Version
+
+        # transformers 5.23+ applies no function to a regression head's logits; 5.4-5.22 a softmax
+        # unless each call says otherwise
+        plain = {} if Version(transformers.__version__) >= Version("5.23") else {"function_to_apply": "none"}
+        native = pipeline("audio-classification", model=d, device="cpu")
+        out["audio-classification"] = [o[0]["score"] for o in native(inputs, batch_size=len(inputs), **plain)]
 print("RESULT " + json.dumps(out))
 """
 
@@ -146,6 +157,32 @@ def test_resized_scoreq_nr_reloads_offline_from_its_directory(tmp_path):
     assert_scores(reload_offline(tmp_path / "dir", clips, [16000, 16000], tmp_path), want)
 
 
+def test_scoreq_dtype_bfloat16_is_torchmos_bf16_mode(tmp_path):
+    from torchmos import models
+
+    _, model = scoreq_wrapped("nr", tmp_path)
+    model.save_pretrained(tmp_path / "dir")
+    bf16 = TorchmosForAudioQuality.from_pretrained(tmp_path / "dir", dtype=torch.bfloat16)
+    own = models.load("scoreq-nr-natural", checkpoint=tmp_path / "nr.pt", precision="bf16")
+    assert bf16.precision == "bf16" and bf16.dtype == torch.float32
+    assert {k: p.dtype for k, p in bf16.net.named_parameters()} == {k: p.dtype for k, p in own.named_parameters()}
+    assert torch.bfloat16 in {p.dtype for p in bf16.net.parameters()}  # conv/linear weights stored in bf16
+    x = [torch.from_numpy(c) for c in clips16()]
+    with torch.no_grad():
+        got = torch.cat([bf16(c[None]).scores for c in x])
+        fp32 = torch.cat([model(c[None]).scores for c in x])
+    assert got.tolist() == pytest.approx([float(own([c])) for c in x], abs=TOL)
+    assert not torch.equal(got, fp32)
+    # saved in that mode, it reloads in it; dtype=torch.float32 asks for the exact mode
+    bf16.save_pretrained(tmp_path / "bf16")
+    again = TorchmosForAudioQuality.from_pretrained(tmp_path / "bf16")
+    assert again.precision == "bf16"
+    with torch.no_grad():
+        assert torch.cat([again(c[None]).scores for c in x]).tolist() == pytest.approx(got.tolist(), abs=TOL)
+    exact = TorchmosForAudioQuality.from_pretrained(tmp_path / "bf16", dtype="float32")
+    assert exact.precision == "fp32" and {p.dtype for p in exact.net.parameters()} == {torch.float32}
+
+
 def test_resized_scoreq_ref_reloads_offline_from_its_directory(tmp_path):
     net, model = scoreq_wrapped("ref", tmp_path)
     model.save_pretrained(tmp_path / "dir")
@@ -177,6 +214,9 @@ def test_trained_small_vqscore_reloads_offline_from_its_directory(tmp_path):
     clips = clips16()
     want = [float(net([torch.from_numpy(c)])) for c in clips]
     assert_scores(reload_offline(tmp_path / "dir", clips, [16000, 16000], tmp_path), want)
+    with pytest.raises(ValueError, match="'vqscore' has no bf16 mode"):
+        TorchmosForAudioQuality.from_pretrained(tmp_path / "dir", dtype=torch.bfloat16)
+    assert TorchmosForAudioQuality.from_pretrained(tmp_path / "dir", dtype=torch.float32).precision is None
 
 
 # ----------------------------------------------------------------------------- MSR-UTMOS
@@ -227,6 +267,9 @@ def test_msr_utmos_needs_the_rate_of_its_audio(tmp_path):
         pipe(x.numpy())
     with pytest.raises(ValueError, match="sampling_rate"):
         model.make_feature_extractor()(x.numpy())
+    native = pipeline("audio-classification", model=model, feature_extractor=model.make_feature_extractor())
+    with pytest.raises(ValueError, match="audio-quality"):  # it cannot pass each clip's rate on
+        native(x.numpy())
 
 
 # ----------------------------------------------------------------------------- DistillMOS
