@@ -13,126 +13,29 @@ imports SpeechBrain, ESPnet, transformers or Lightning:
 (Lightning needs no adapter: every torchmos metric is a ``torchmetrics.Metric``, so
 ``self.log("val/mos", self.mos)`` works as it is; see ``integrations/lightning``.)
 
-No model logic lives here. Every adapter scores through :class:`Scorer`, which calls
-:func:`torchmos.functional.get_model` and the same preparation as
-:func:`torchmos.functional.score`, so a clip gets the same score in every toolkit.
+No model logic lives here. Every adapter scores through :class:`Scorer` and
+:func:`score_with` (defined in ``torchmos.adapters._scoring``, a leaf that a toolkit's
+module imports them from): the cached networks of :func:`torchmos.functional.get_model`
+and the preparation of :mod:`torchmos.functional`, references included, so a clip gets
+the same score in every toolkit.
 
-This module imports only the standard library and torchmos' own modules.
+This package imports only the standard library and torchmos' own modules; the hook below
+registers the transformers pipeline when transformers is first imported.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
-import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from .. import audio, functional, hub
+from ._scoring import Scorer, missing_extra, score_with
+from ._scoring import _to_device as _to_device
 
 __all__ = ["Scorer", "install_transformers_hook", "missing_extra", "score_with"]
-
-
-def missing_extra(toolkit: str, package: str, error: ImportError | None = None) -> ImportError:
-    """The ImportError an adapter raises when its toolkit is not installed."""
-    msg = (
-        f"torchmos.adapters.{toolkit} needs {package}, which is not installed (or failed to import"
-        f"{': ' + str(error) if error else ''}). Install it with: pip install -e '.[integrations]' in a torchmos checkout"
-    )
-    return ImportError(msg)
-
-
-def score_with(net: Any, card: Any, preds: Any, fs: int, lengths: Any = None,
-               names: Sequence[str] | None = None, refs: Any = None, ref_lengths: Any = None,
-               ref_fs: int | None = None) -> Any:
-    """Score with a given network: :func:`torchmos.functional.score`, plus references.
-
-    A no-reference card refuses ``refs``; a reference card (``card.mode == "ref"``)
-    requires them, prepares them like ``preds`` and calls ``net.distance(clips, ref_clips)``
-    (or ``net(clips, ref_clips)`` for a network without ``distance``).
-    """
-    if card.mode != "ref":
-        if refs is not None:
-            raise ValueError(
-                f"model {card.name!r} is a no-reference predictor; it takes no references "
-                "(drop refs= / --reference, or pick a reference model such as a 'scoreq-ref-*' card)."
-            )
-        return functional.score(net, card, preds, fs, lengths, names=names)
-    if refs is None:
-        raise ValueError(
-            f"model {card.name!r} compares each clip with a reference; pass refs= "
-            "(one clean reference clip per clip)."
-        )
-    clips = audio.prepare(preds, fs, card.sample_rate, lengths, min_seconds=card.min_seconds, names=names)
-    ref_clips = audio.prepare(refs, ref_fs or fs, card.sample_rate, ref_lengths, min_seconds=card.min_seconds,
-                              names=names, arg="refs")
-    if len(ref_clips) != len(clips):
-        raise ValueError(f"{len(ref_clips)} references for {len(clips)} clips; pass one per clip.")
-    distance = getattr(net, "distance", None)  # e.g. SCOREQ's reference models
-    return distance(clips, ref_clips) if callable(distance) else net(clips, ref_clips)
-
-
-def _to_device(x: Any, device: Any) -> Any:
-    """Tensors (alone or in a list) onto ``device``; anything else as it is."""
-    if hasattr(x, "to") and hasattr(x, "device"):
-        return x.to(device)
-    if isinstance(x, (list, tuple)):
-        return [c.to(device) if hasattr(c, "to") and hasattr(c, "device") else c for c in x]
-    return x
-
-
-class Scorer:
-    """A torchmos predictor chosen by card name, scoring batches as :mod:`torchmos.functional`.
-
-    The network is the cached one of :func:`torchmos.functional.get_model` (loaded once per
-    device), so building many scorers is cheap and every adapter shares one copy.
-
-    Args:
-        model: a card name (``torchmos.hub.list_cards()``), e.g. ``"distillmos"``.
-        checkpoint: a local weight file instead of the card's official one.
-        sha256: pin the weight file's checksum.
-        device: where the network runs; ``None`` follows the input (CPU for arrays).
-        options: options for the predictor (e.g. ``precision="bf16"``).
-
-    A reference model (``card.mode == "ref"``) needs ``refs=`` (one reference clip per
-    clip, paired by position); see :func:`score_with`.
-
-    >>> import torch
-    >>> s = Scorer("distillmos")
-    >>> s([torch.randn(16000) * 0.1], fs=16000).shape
-    torch.Size([1])
-    """
-
-    def __init__(self, model: str = "distillmos", checkpoint: str | os.PathLike | None = None,
-                 sha256: str | None = None, device: Any = None, **options: Any) -> None:
-        self.card = hub.get_card(model)
-        self.checkpoint = checkpoint
-        self.sha256 = sha256
-        self.device = device
-        self.options = options
-
-    @property
-    def name(self) -> str:
-        return self.card.name
-
-    def network(self, device: Any = "cpu") -> Any:
-        """The (cached) predictor network on ``device``."""
-        return functional.get_model(self.card.name, self.checkpoint, self.sha256, device=device, **self.options)
-
-    def __call__(self, preds: Any, fs: int, lengths: Any = None, names: Sequence[str] | None = None,
-                 refs: Any = None, ref_lengths: Any = None, ref_fs: int | None = None) -> Any:
-        """Scores (B,) of ``preds`` (anything :func:`torchmos.audio.prepare` takes) at ``fs``."""
-        if self.device is None:
-            device = functional.device_of(preds)
-        else:
-            device = self.device
-            preds, refs = _to_device(preds, device), _to_device(refs, device)
-        return score_with(self.network(device), self.card, preds, fs, lengths, names, refs, ref_lengths, ref_fs)
-
-    def __repr__(self) -> str:
-        return f"Scorer(model={self.card.name!r})"
 
 
 # ----------------------------------------------------------------------------- transformers hook

@@ -1,9 +1,13 @@
-"""The shared base of the torchmos metrics.
+"""The shared base of the torchmos metrics: a thin stateful shell over :mod:`torchmos.functional`.
 
-A :class:`MOSMetric` holds a predictor network *outside* its ``state_dict`` (a user's
-Lightning checkpoint must not grow by the network's size), moves it with the metric's
-device, keeps it in eval mode, and accumulates sum/total states that reduce with
-``"sum"`` under DDP. With ``per_utterance=True`` it also keeps every score and every
+A :class:`MOSMetric` scores with the frozen network of the functional model cache
+(:func:`torchmos.functional.get_model`), shared with every other metric, functional call
+and adapter that asks for the same model, checkpoint, options and device. The network is
+*outside* its ``state_dict`` (a user's Lightning checkpoint must not grow by the
+network's size) and is never copied, moved, converted or put in train mode by a metric:
+``copy.deepcopy``/``clone()`` share it, and ``.to(device)`` takes the cached network of
+the new device. The metric accumulates sum/total states that reduce with ``"sum"`` under
+DDP. With ``per_utterance=True`` it also keeps every score and every
 clip id as ``"cat"`` states, so torchmetrics itself resets, syncs (within the metric's
 ``process_group``), merges and shares them, in ``forward``, ``merge_state``, compute
 groups of a ``MetricCollection`` and DDP alike.
@@ -26,7 +30,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from .. import audio, functional, hub, models
+from .. import audio, functional, hub
+from ..functional._cache import _device_key
 from ._context import _lightning_logs, _own_dtypes, full_precision
 
 __all__ = ["MOSMetric"]
@@ -77,6 +82,23 @@ def _check_ids(ids: Any, preds: Any = None) -> list[str] | None:
     return ids
 
 
+class _SharedNetwork:
+    """A metric's handle on a cached network: ``copy.copy`` and ``copy.deepcopy`` (so
+    ``Metric.clone`` and ``MetricCollection.clone``) return the handle itself, so a copied
+    metric shares the network instead of copying its parameters. A metric that changes
+    device takes a new handle; it never changes this one, which other copies hold."""
+
+    def __init__(self, module: nn.Module, device: str) -> None:
+        self.module = module
+        self.device = device  # the cache's key of the device the network is on
+
+    def __copy__(self) -> _SharedNetwork:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedNetwork:
+        return self
+
+
 class MOSMetric(Metric):
     """Base class: mean predicted quality over every clip seen since :meth:`reset`.
 
@@ -95,6 +117,14 @@ class MOSMetric(Metric):
     process scored, ``"0"``, ``"1"``, ... (counting named clips too), prefixed
     ``"r<rank>-"`` in a multi-process run, so they are unique across ranks. A
     ``forward`` step's value numbers the clips of that batch alone.
+
+    Network. :attr:`net` is the cached network of :func:`torchmos.functional.get_model`
+    for the metric's model, checkpoint, options and device: frozen (eval mode, no
+    gradients), shared, and never in ``state_dict`` or ``parameters()``. ``.to(device)``
+    gives this metric the cached network of that device (loaded there on first use) and
+    leaves every other holder's network where it is; ``train()`` leaves it in eval mode;
+    ``copy.deepcopy(metric)`` and ``clone()`` share it. Use ``torchmos.models.load`` for a
+    network of your own to change.
 
     Precision. ``set_dtype`` and ``.to(dtype)`` (e.g. by a parent module, as Lightning's
     ``precision="bf16-true"`` does) change :attr:`dtype` but neither these states nor the
@@ -143,10 +173,9 @@ class MOSMetric(Metric):
         self.fs = audio.check_sample_rate(fs, type(self).__name__)
         self.card = hub.get_card(self.card_name)
         self.per_utterance = bool(per_utterance)
-        with full_precision(self.device):  # e.g. inside Lightning's init_module() under bf16-true
-            net = self._build(checkpoint, sha256, **(model_kwargs or {}))
-        # Kept out of nn.Module's registry on purpose: not in state_dict, not in parameters().
-        object.__setattr__(self, "_net", net.eval())
+        self._network_spec = (checkpoint, sha256, dict(model_kwargs or {}))
+        # Not an nn.Module attribute on purpose: not in state_dict, parameters() or train().
+        self._shared = self._network(self.device)
         acc = _accumulator_dtype(self.device)
         self.add_state(_SUM, torch.tensor(0.0, dtype=acc, device=self.device), dist_reduce_fx="sum")
         self.add_state(_TOTAL, torch.tensor(0, dtype=torch.long, device=self.device), dist_reduce_fx="sum")
@@ -155,13 +184,22 @@ class MOSMetric(Metric):
             self.add_state(_ID_BYTES, [], dist_reduce_fx="cat")
             self.add_state(_ID_META, [], dist_reduce_fx="cat")
 
-    def _build(self, checkpoint: Any, sha256: str | None, **model_kwargs: Any) -> nn.Module:
-        return models.load(self.card.name, checkpoint=checkpoint, sha256=sha256, **model_kwargs)
+    def _network(self, device: torch.device) -> _SharedNetwork:
+        """A handle on the cached network of this metric's model on ``device`` (built in
+        full precision by the cache, e.g. inside Lightning's ``init_module()`` under bf16-true)."""
+        checkpoint, sha256, options = self._network_spec
+        net = functional.get_model(self.card.name, checkpoint, sha256, device=device, **options)
+        return _SharedNetwork(net, _device_key(device))
 
     @property
     def net(self) -> nn.Module:
-        """The predictor network (on the metric's device, in eval mode)."""
-        return self._net
+        """The predictor network: the shared, frozen network of the model cache on the
+        metric's device (in eval mode; callers must not change it)."""
+        return self._shared.module
+
+    @property
+    def _net(self) -> nn.Module:
+        return self._shared.module
 
     def _state_dtypes(self) -> dict[str, torch.dtype]:
         """The states whose dtype the metric fixes (on its current device)."""
@@ -190,14 +228,12 @@ class MOSMetric(Metric):
             this._computed = _own_dtypes(computed, self.device)
         if forward_cache is not None:
             this._forward_cache = _own_dtypes(forward_cache, self.device)
-        if getattr(self, "_net", None) is not None:
-            self._net.to(self.device)  # follow the device, never a dtype change
+        shared = self.__dict__.get("_shared")
+        if shared is not None and shared.device != _device_key(self.device):
+            # the cached network of the new device; never a move or a dtype change of the
+            # one this metric held, which other metrics and calls share
+            self._shared = self._network(self.device)
         return this
-
-    def train(self, mode: bool = True) -> MOSMetric:
-        super().train(mode)
-        self._net.eval()
-        return self
 
     # -- torchmetrics API ------------------------------------------------------------
 
@@ -340,12 +376,11 @@ class MOSMetric(Metric):
         super()._sync_dist(*args, **kwargs)
 
     def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: Any = None) -> Any:
-        """Plot a single or multiple values (see ``torchmetrics.Metric._plot``)."""
-        if val is None:
-            val = self.compute()
-        if isinstance(val, dict):
-            val = val["mean"]
-        return self._plot(val, ax)
+        """Plot a single or multiple values (see ``torchmetrics.Metric._plot``); a metric
+        with ``per_utterance=True`` plots the distribution of its scores instead."""
+        from .plotting import plot_metric
+
+        return plot_metric(self, val, ax)
 
     def extra_repr(self) -> str:
         return f"model={self.card.name!r}, fs={self.fs}, per_utterance={self.per_utterance}"

@@ -1,4 +1,5 @@
-"""The MSR-UTMOS metric and its functional twin: MOS at the audio's own sampling rate."""
+"""The MSR-UTMOS metric: MOS at the audio's own sampling rate. Its functional twin
+:func:`torchmos.functional.msr_utmos` is importable from here too."""
 
 from __future__ import annotations
 
@@ -6,23 +7,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from .. import audio, functional, hub
-from ..models.msr_utmos import CARD, MsrUtmosModel
+from ..functional import msr_utmos as msr_utmos
+from ..functional._msr_utmos import CARD_NAME, model_options, need_checkpoint
 from .base import MOSMetric
 
 __all__ = ["MsrUtmos", "msr_utmos"]
-
-
-def _need_checkpoint(where: str) -> hub.HubError:
-    return hub.HubError(
-        f"{where}: MSR-UTMOS has no released weights, so checkpoint= is required: a model trained "
-        "with `torchmos train sfi-distill` then `torchmos train msr-utmos` (runs/msr/model.pt), or "
-        "the authors' Lightning checkpoint converted with "
-        "torchmos.models.msr_utmos.MsrUtmosModel.from_lightning(ckpt).save('model.pt')."
-    )
 
 
 class MsrUtmos(MOSMetric):
@@ -49,41 +38,13 @@ class MsrUtmos(MOSMetric):
         >>> metric.update(wavs_48k); metric.compute()                     # doctest: +SKIP
     """
 
-    card_name = CARD.name
+    card_name = CARD_NAME
 
     def __init__(self, fs: int = 16000, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
                  listener_ids: Sequence[int] | None = None, per_utterance: bool = False,
                  **kwargs: Any) -> None:
         if checkpoint is None:
-            raise _need_checkpoint("MsrUtmos")
-        model_kwargs = {"listener_ids": tuple(listener_ids)} if listener_ids is not None else {}
+            raise need_checkpoint("MsrUtmos")
         super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
-                         model_kwargs=model_kwargs, **kwargs)
+                         model_kwargs=model_options(listener_ids), **kwargs)
 
-    def _build(self, checkpoint: Any, sha256: str | None, **model_kwargs: Any) -> nn.Module:
-        return MsrUtmosModel.from_pretrained(checkpoint=checkpoint, sha256=sha256, card=self.card.name,
-                                             **model_kwargs)
-
-    def _scores(self, preds: Any, lengths: Any, ids: Sequence[str] | None) -> Tensor:
-        clips = audio.prepare(preds, self.fs, None, lengths, min_seconds=self.card.min_seconds, names=ids)
-        return self._net(clips, self.fs)
-
-
-def msr_utmos(preds: Any, fs: int, lengths: Any = None, checkpoint: str | os.PathLike | None = None,
-              device: str | torch.device | None = None) -> Tensor:
-    """MSR-UTMOS of each clip at its native rate ``fs`` (no resampling): a tensor (B,) of MOS.
-
-    Args:
-        preds: (T,), (B, T) (with ``lengths`` if padded), or a list of 1-D clips.
-        fs: their sample rate, e.g. 48000.
-        lengths: valid samples per row of a padded (B, T) tensor.
-        checkpoint: the model file (required: no weights are released).
-        device: where to run (default: the device of ``preds``).
-    """
-    if checkpoint is None:
-        raise _need_checkpoint("msr_utmos")
-    dev = torch.device(device) if device is not None else functional.device_of(preds)
-    model = functional.get_model(CARD.name, checkpoint, device=dev)
-    card = hub.get_card(CARD.name)
-    clips = audio.prepare(preds, fs, None, lengths, min_seconds=card.min_seconds)
-    return model(clips, audio.check_sample_rate(fs))

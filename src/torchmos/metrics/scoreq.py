@@ -1,41 +1,25 @@
 """The SCOREQ metrics: no-reference MOS (:class:`ScoreqNR`) and reference distance
 (:class:`ScoreqRef`), for natural or synthetic speech (SPECS §2).
 
-The stateless twins :func:`scoreq_nr` and :func:`scoreq_ref` are at the bottom.
+Their stateless twins, :func:`torchmos.functional.scoreq_nr` and
+:func:`torchmos.functional.scoreq_ref`, hold the computation and are importable from here too.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor, nn
 
-from .. import audio, functional, hub
+from ..functional import scoreq_nr as scoreq_nr
+from ..functional import scoreq_ref as scoreq_ref
+from ..functional._scoreq import card_name, model_options, reference_clips, reference_distances
 from ._context import full_precision
 from .base import MOSMetric, _check_ids
 
 __all__ = ["ScoreqNR", "ScoreqRef", "scoreq_nr", "scoreq_ref"]
-
-_DOMAINS = ("natural", "synthetic")
-
-
-def _card_name(mode: str, domain: str, where: str) -> str:
-    if domain not in _DOMAINS:
-        raise ValueError(
-            f"{where}: domain must be 'natural' (codecs, VoIP, enhancement, noise) or "
-            f"'synthetic' (TTS, voice conversion), got {domain!r}."
-        )
-    return f"scoreq-{mode}-{domain}"
-
-
-def _model_kwargs(chunk_seconds: float | None, precision: str,
-                  backbone_config: dict[str, Any] | None) -> dict[str, Any]:
-    return {"chunk_seconds": chunk_seconds, "precision": precision, **(backbone_config or {})}
 
 
 class ScoreqNR(MOSMetric):
@@ -95,9 +79,9 @@ class ScoreqNR(MOSMetric):
                  sha256: str | None = None, chunk_seconds: float | None = None, precision: str = "fp32",
                  per_utterance: bool = False, backbone_config: dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
-        object.__setattr__(self, "card_name", _card_name("nr", domain, type(self).__name__))
+        object.__setattr__(self, "card_name", card_name("nr", domain, type(self).__name__))
         super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
-                         model_kwargs=_model_kwargs(chunk_seconds, precision, backbone_config), **kwargs)
+                         model_kwargs=model_options(chunk_seconds, precision, backbone_config), **kwargs)
         self.domain = domain
 
     def extra_repr(self) -> str:
@@ -154,15 +138,15 @@ class ScoreqRef(MOSMetric):
                  checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
                  chunk_seconds: float | None = None, precision: str = "fp32", per_utterance: bool = False,
                  backbone_config: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        object.__setattr__(self, "card_name", _card_name("ref", domain, type(self).__name__))
+        object.__setattr__(self, "card_name", card_name("ref", domain, type(self).__name__))
         super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
-                         model_kwargs=_model_kwargs(chunk_seconds, precision, backbone_config), **kwargs)
+                         model_kwargs=model_options(chunk_seconds, precision, backbone_config), **kwargs)
         self.domain = domain
         self._ref_emb: Tensor | None = None
         self.reference_ids: list[str] = []
         if references is not None:
             with full_precision(self.device):  # built in the metric's own precision, as it scores
-                clips, self.reference_ids = _reference_clips(references, self.fs, self.card)
+                clips, self.reference_ids = reference_clips(references, self.fs, self.card)
                 self._ref_emb = self._net.embed(clips).to(self.device)
 
     @property
@@ -201,20 +185,8 @@ class ScoreqRef(MOSMetric):
                 "this ScoreqRef was built with references= (non-matching mode), so update() takes "
                 "no target; build a ScoreqRef without references= to score against paired targets."
             )
-        if target is None and target_lengths is not None:
-            raise ValueError("target_lengths= was given without a target.")
-        clips = audio.prepare(preds, self.fs, self.card.sample_rate, lengths,
-                              min_seconds=self.card.min_seconds, names=ids, arg="preds")
-        if target is None:
-            return self._net.distance_to_set(clips, self._ref_emb)
-        refs = audio.prepare(target, self.fs, self.card.sample_rate, target_lengths,
-                             min_seconds=self.card.min_seconds, names=ids, arg="target")
-        if len(refs) != len(clips):
-            raise audio.AudioError(
-                f"{len(clips)} clips in preds but {len(refs)} in target; full-reference scoring "
-                "pairs preds[b] with target[b]."
-            )
-        return self._net.distance(clips, refs)
+        return reference_distances(self._net, self.card, preds, self.fs, lengths, ids, target=target,
+                                   target_lengths=target_lengths, ref_embeddings=self._ref_emb)
 
     def _scores(self, preds: Any, lengths: Any, ids: Sequence[str] | None) -> Tensor:
         return self._ref_scores(preds, None, lengths, None, ids)
@@ -223,78 +195,3 @@ class ScoreqRef(MOSMetric):
         mode = f"non-matching ({self._ref_emb.shape[0]} references)" if self._ref_emb is not None else "full reference"
         return f"{super().extra_repr()}, reference={mode}"
 
-
-def _reference_clips(references: Any, fs: int, card: hub.ModelCard) -> tuple[list[Tensor], list[str]]:
-    """Read/check/resample the non-matching reference set -> 16 kHz clips and their ids."""
-    if isinstance(references, (str, os.PathLike)):
-        references = [references]
-    if isinstance(references, (Tensor, np.ndarray)):
-        clips = audio.prepare(references, fs, card.sample_rate, min_seconds=card.min_seconds, arg="references")
-        return clips, [str(i) for i in range(len(clips))]
-    if not isinstance(references, (list, tuple)) or len(references) == 0:
-        raise audio.AudioError(
-            "references: expected a non-empty list of clips (tensors at fs) or of audio files/folders, "
-            f"got {type(references).__name__ if not isinstance(references, (list, tuple)) else 'an empty list'}."
-        )
-    if all(isinstance(r, (str, os.PathLike)) for r in references):
-        entries = audio.find_audio(references)
-        clips, ids = [], []
-        for e in entries:
-            x, sr = e.read()
-            clips += audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds,
-                                   names=[e.source], arg="references")
-            ids.append(e.id)
-        return clips, ids
-    if any(isinstance(r, (str, os.PathLike, Path)) for r in references):
-        raise audio.AudioError("references: give either all tensors (at fs) or all file paths, not a mix.")
-    clips = audio.prepare(list(references), fs, card.sample_rate, min_seconds=card.min_seconds, arg="references")
-    return clips, [str(i) for i in range(len(clips))]
-
-
-# ----------------------------------------------------------------------------- functional
-
-
-def scoreq_nr(preds: Any, fs: int = 16000, domain: str = "natural", lengths: Any = None,
-              checkpoint: str | os.PathLike | None = None,
-              device: str | torch.device | None = None) -> Tensor:
-    """SCOREQ no-reference MOS of each clip: a tensor (B,) (unbounded linear output, 1-5 scale).
-
-    Args:
-        preds: (T,), (B, T) (with ``lengths`` if padded), or a list of 1-D clips.
-        fs: their sample rate; anything other than 16 kHz is resampled.
-        domain: ``"natural"`` (codecs, VoIP, enhancement) or ``"synthetic"`` (TTS, VC).
-        lengths: valid samples per row of a padded (B, T) tensor.
-        checkpoint: a local weight file (official format) instead of the download.
-        device: where to run (default: the device of ``preds``).
-    """
-    name = _card_name("nr", domain, "scoreq_nr")
-    dev = torch.device(device) if device is not None else functional.device_of(preds)
-    model = functional.get_model(name, checkpoint, device=dev)
-    return functional.score(model, hub.get_card(name), preds, fs, lengths)
-
-
-def scoreq_ref(preds: Any, target: Any, fs: int = 16000, domain: str = "natural", lengths: Any = None,
-               target_lengths: Any = None, checkpoint: str | os.PathLike | None = None,
-               device: str | torch.device | None = None) -> Tensor:
-    """SCOREQ distance (B,) in [0, 2] between each clip and its clean reference; lower is better.
-
-    Args:
-        preds: the clips to assess: (T,), (B, T) (+ ``lengths``) or a list of 1-D clips.
-        target: their clean references, paired by index, in the same forms.
-        fs: sample rate of both; resampled to 16 kHz.
-        domain: ``"natural"`` or ``"synthetic"``.
-        lengths, target_lengths: valid samples per row of padded (B, T) tensors.
-        checkpoint: a local weight file (official format) instead of the download.
-        device: where to run (default: the device of ``preds``).
-    """
-    name = _card_name("ref", domain, "scoreq_ref")
-    card = hub.get_card(name)
-    dev = torch.device(device) if device is not None else functional.device_of(preds)
-    model = functional.get_model(name, checkpoint, device=dev)
-    clips = audio.prepare(preds, fs, card.sample_rate, lengths, min_seconds=card.min_seconds, arg="preds")
-    refs = audio.prepare(target, fs, card.sample_rate, target_lengths, min_seconds=card.min_seconds, arg="target")
-    if len(refs) != len(clips):
-        raise audio.AudioError(
-            f"{len(clips)} clips in preds but {len(refs)} in target; scoreq_ref pairs preds[b] with target[b]."
-        )
-    return model.distance(clips, refs)

@@ -1,14 +1,12 @@
-"""The VQScore metric and its functional twin :func:`vqscore`."""
+"""The VQScore metric; its functional twin :func:`torchmos.functional.vqscore` is
+importable from here too."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-import torch
-from torch import Tensor
-
-from .. import functional, hub
+from ..functional import vqscore as vqscore
 from .base import MOSMetric
 
 __all__ = ["VQScore", "vqscore"]
@@ -62,26 +60,3 @@ class VQScore(MOSMetric):
         super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
                          model_kwargs={"max_batch_frames": max_batch_frames}, **kwargs)
 
-
-def vqscore(preds: Any, fs: int = 16000, lengths: Any = None, checkpoint: str | os.PathLike | None = None,
-            device: str | torch.device | None = None) -> Tensor:
-    """VQScore of each clip: a tensor (B,), roughly in [0, 1], higher is better.
-
-    Args:
-        preds: (T,), (B, T) (with ``lengths`` if padded), or a list of 1-D clips.
-        fs: their sample rate; anything other than 16 kHz is resampled.
-        lengths: valid samples per row of a padded (B, T) tensor.
-        checkpoint: a local model file (authors' layout or torchmos ``vqscore.pt``)
-            instead of the authors' released model.
-        device: where to run (default: the device of ``preds``).
-
-    >>> import os, tempfile, torch
-    >>> from torchmos.models.vqscore import VQScoreModel
-    >>> path = os.path.join(tempfile.mkdtemp(), "vq.pt")
-    >>> _ = VQScoreModel(codebook_size=64, kmeans_init=False).save(path)
-    >>> vqscore(torch.randn(2, 16000) * 0.1, fs=16000, lengths=[16000, 8000], checkpoint=path).shape
-    torch.Size([2])
-    """
-    dev = torch.device(device) if device is not None else functional.device_of(preds)
-    model = functional.get_model("vqscore", checkpoint, device=dev)
-    return functional.score(model, hub.get_card("vqscore"), preds, fs, lengths)
