@@ -424,7 +424,8 @@ def test_estimator_wrong_inputs_are_named():
         MOSModel("nope")
 
 
-@pytest.mark.parametrize("name", ["torchmos.adapters.speechbrain", "torchmos.adapters.speechbrain_inference"])
+@pytest.mark.parametrize("name", ["torchmos.adapters.speechbrain", "torchmos.adapters.speechbrain_inference",
+                                  "torchmos.adapters.speechbrain_lengths"])
 def test_docstring_examples(name):
     mod = importlib.import_module(name)
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from . import Scorer, missing_extra
+from ._scoring import Scorer, missing_extra
 
 try:  # the toolkit first, so that without it this module's import is the one that fails
     import kaldiio  # noqa: F401  (espnet_scp's reader)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import audio
-from . import Scorer, missing_extra
+from ._scoring import Scorer, missing_extra
 
 try:
     import kaldiio

@@ -43,7 +43,7 @@ The code lives in ``hf_config`` (config), ``hf_features`` (feature extractor),
 
 from __future__ import annotations
 
-from . import missing_extra
+from ._scoring import missing_extra
 
 try:  # first, so that a missing transformers is reported by this module
     import transformers  # noqa: F401

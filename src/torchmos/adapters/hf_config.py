@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .. import hub
-from . import missing_extra
+from ._scoring import missing_extra
 
 try:
     from huggingface_hub.dataclasses import strict

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .. import audio
-from . import missing_extra
+from ._scoring import missing_extra
 
 try:
     from transformers import BatchFeature, SequenceFeatureExtractor

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import hub, models
-from . import missing_extra, score_with
+from ._scoring import missing_extra, score_with
 
 try:
     from transformers import PreTrainedModel

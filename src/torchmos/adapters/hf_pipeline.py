@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import audio
-from . import missing_extra
+from ._scoring import missing_extra
 
 try:
     from transformers.pipelines import Pipeline

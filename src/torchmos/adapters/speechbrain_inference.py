@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from .. import audio, functional, hub, models
-from . import _to_device, missing_extra, score_with
-from .speechbrain import unpad, unpad_reference
+from ._scoring import _to_device, missing_extra, score_with
+from .speechbrain_lengths import unpad, unpad_reference
 
 try:
     from hyperpyyaml import load_hyperpyyaml

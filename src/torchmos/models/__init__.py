@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import hub
+from ._deps import require_transformers as require_transformers
 from .strict import load_state_strict as load_state_strict
 
 # card.family -> "module:Class" with a classmethod
@@ -25,16 +26,6 @@ FAMILIES: dict[str, str] = {
     "vqscore": "torchmos.models.vqscore:VQScoreModel",
     "msr-utmos": "torchmos.models.msr_utmos:MsrUtmosModel",
 }
-
-
-def require_transformers(who: str) -> Any:
-    """``import transformers``, or an ImportError saying which predictor needs it."""
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(f"{who} needs the 'transformers' package (its SSL backbone): "
-                          "pip install 'transformers>=4.40'") from e
-    return transformers
 
 
 def load(name: str, checkpoint: str | os.PathLike | None = None, sha256: str | None = None,

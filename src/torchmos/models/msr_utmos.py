@@ -49,7 +49,8 @@ from torch import Tensor, nn
 
 from .. import hub
 from ..hub import save_atomic
-from .msr_utmos_keys import convert_lightning_checkpoint, lightning_config
+from . import msr_utmos_keys
+from .msr_utmos_keys import lightning_config
 from .sfi_ssl import ARCHS, FORMAT_VERSION, SFISSLModel, load_ssl, tiny_config
 from .sfi_ssl import SSL_FAMILY as SSL_FAMILY
 from .sfi_ssl import build_backbone as build_backbone
@@ -244,3 +245,10 @@ class MsrUtmosModel(nn.Module):
                 out[part] = self._score_features(self.features(x, r))
         return out
 
+
+def convert_lightning_checkpoint(ckpt: Mapping[str, Any], model: MsrUtmosModel | None = None,
+                                 rename: Mapping[str, str] | None = None) -> dict[str, Tensor]:
+    return msr_utmos_keys.convert_lightning_checkpoint(ckpt, model, rename, build=MsrUtmosModel.from_config)
+
+
+convert_lightning_checkpoint.__doc__ = msr_utmos_keys.convert_lightning_checkpoint.__doc__

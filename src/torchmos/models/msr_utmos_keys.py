@@ -142,7 +142,8 @@ def _infer_heads(sd: Mapping[str, Tensor], hidden: int) -> int:
 
 
 def convert_lightning_checkpoint(ckpt: Mapping[str, Any], model: MsrUtmosModel | None = None,
-                                 rename: Mapping[str, str] | None = None) -> dict[str, Tensor]:
+                                 rename: Mapping[str, str] | None = None, *,
+                                 build: Any = None) -> dict[str, Tensor]:
     """The authors' Lightning checkpoint (or its ``state_dict``) as a torchmos state dict.
 
     A table of key renames (``ssl_model.`` -> ``ssl.backbone.``, ``pred_liner.`` ->
@@ -160,9 +161,10 @@ def convert_lightning_checkpoint(ckpt: Mapping[str, Any], model: MsrUtmosModel |
     """
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else ckpt
     if model is None:
-        from .msr_utmos import MsrUtmosModel
-
-        model = MsrUtmosModel.from_config(lightning_config(sd, rename=rename))
+        if build is None:
+            raise TypeError("convert_lightning_checkpoint: pass the model to load into (or use "
+                            "torchmos.models.msr_utmos.convert_lightning_checkpoint, which builds one)")
+        model = build(lightning_config(sd, rename=rename))
     own = model.state_dict()
     out: dict[str, Tensor] = {}
     origin: dict[str, str] = {}

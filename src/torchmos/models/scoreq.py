@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import hub
-from . import require_transformers
+from ._deps import require_transformers
 from .scoreq_encoder import EMBED_DIM, HOP, FastEncoder
 from .scoreq_encoder import _adjacent as _adjacent  # (imported from here by tests)
 from .scoreq_keys import _PREFIXES, convert_official, infer_config, official_key

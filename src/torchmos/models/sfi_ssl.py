@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from .. import hub
 from ..hub import save_atomic
-from . import require_transformers
+from ._deps import require_transformers
 from .sfi import SFIConv1d
 from .strict import load_state_strict
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from . import missing_versa
+from .legacy import missing_versa
 
 PROG = "python -m torchmos.adapters.versa"
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ... import hub
-from .. import Scorer
-from . import missing_versa, mono
+from .._scoring import Scorer
+from .legacy import missing_versa, mono
 
 try:
     from versa.definition import BaseMetric, MetricCategory, MetricMetadata, MetricType
