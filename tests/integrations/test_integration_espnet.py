@@ -22,7 +22,7 @@ import pytest
 import soundfile as sf
 import torch
 
-pytest.importorskip("espnet2", reason="needs ESPnet: pip install -e '.[integrations]'")
+pytest.importorskip("espnet2", reason="needs ESPnet: pip install -e '.[espnet]'")
 kaldiio = pytest.importorskip("kaldiio", reason="needs kaldiio (installed with ESPnet)")
 
 import yaml  # noqa: E402  (installed with ESPnet)

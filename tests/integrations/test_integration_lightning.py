@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("lightning", minversion="2", reason="needs Lightning 2.x: pip install -e '.[integrations]'")
+pytest.importorskip("lightning", minversion="2", reason="needs Lightning 2.x: pip install -e '.[lightning]'")
 
 import lightning as L  # noqa: E402
 from torch import nn  # noqa: E402

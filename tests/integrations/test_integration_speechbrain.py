@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("speechbrain", reason="needs SpeechBrain: pip install -e '.[integrations]'")
+pytest.importorskip("speechbrain", reason="needs SpeechBrain: pip install -e '.[speechbrain]'")
 
 import torchmos.functional as F  # noqa: E402
 from torchmos import audio, synth  # noqa: E402

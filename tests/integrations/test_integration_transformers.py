@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 import torch
 
-transformers = pytest.importorskip("transformers", minversion="5", reason="needs transformers 5.x: pip install -e '.[integrations]'")
+transformers = pytest.importorskip("transformers", minversion="5", reason="needs transformers 5.x (a torchmos dependency)")
 
 import torchmos.functional as F  # noqa: E402
 from torchmos import audio, synth  # noqa: E402

@@ -17,13 +17,22 @@ from ..functional._core import score_pair
 __all__ = ["Scorer", "missing_extra", "score_with"]
 
 
+# the extra that installs each adapter's toolkit (transformers is a dependency: no extra)
+EXTRAS = {"speechbrain": "speechbrain", "espnet": "espnet", "lightning": "lightning"}
+
+
 def missing_extra(toolkit: str, package: str, error: ImportError | None = None) -> ImportError:
-    """The ImportError an adapter raises when its toolkit is not installed."""
-    msg = (
-        f"torchmos.adapters.{toolkit} needs {package}, which is not installed (or failed to import"
-        f"{': ' + str(error) if error else ''}). Install it with: pip install -e '.[integrations]' in a torchmos checkout"
-    )
-    return ImportError(msg)
+    """The ImportError an adapter raises when its toolkit is not installed: it names the
+    extra to install (``pip install 'torchmos[espnet]'``), or the package when there is none.
+
+    >>> print(missing_extra("espnet", "espnet (and kaldiio)"))  # doctest: +ELLIPSIS
+    torchmos.adapters.espnet needs espnet (and kaldiio), which is not installed... pip install -e '.[espnet]' ...
+    """
+    extra = EXTRAS.get(toolkit)
+    how = (f"pip install -e '.[{extra}]' in a torchmos checkout (or '.[integrations]' for every toolkit)"
+           if extra else f"pip install '{package}'")
+    return ImportError(f"torchmos.adapters.{toolkit} needs {package}, which is not installed (or failed to "
+                       f"import{': ' + str(error) if error else ''}). Install it with: {how}")
 
 
 def score_with(net: Any, card: Any, preds: Any, fs: int, lengths: Any = None,

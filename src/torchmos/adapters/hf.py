@@ -48,7 +48,7 @@ from ._scoring import missing_extra
 try:  # first, so that a missing transformers is reported by this module
     import transformers  # noqa: F401
 except ImportError as _e:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("hf", "transformers>=5", _e) from _e
+    raise missing_extra("hf", "transformers>=5.4,<6", _e) from _e
 
 from transformers import (  # noqa: E402
     AutoConfig,

@@ -20,7 +20,7 @@ try:
     from huggingface_hub.dataclasses import strict
     from transformers import PreTrainedConfig
 except ImportError as _e:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("hf", "transformers>=5", _e) from _e
+    raise missing_extra("hf", "transformers>=5.4,<6", _e) from _e
 
 __all__ = ["SHIM_MODULE", "TASK", "TorchmosConfig"]
 

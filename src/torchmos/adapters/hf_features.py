@@ -13,7 +13,7 @@ from ._scoring import missing_extra
 try:
     from transformers import BatchFeature, SequenceFeatureExtractor
 except ImportError as _e:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("hf", "transformers>=5", _e) from _e
+    raise missing_extra("hf", "transformers>=5.4,<6", _e) from _e
 
 from .hf_config import AUTO_MAP
 

@@ -16,7 +16,7 @@ try:
     from transformers import PreTrainedModel
     from transformers.utils import ModelOutput
 except ImportError as _e:  # pragma: no cover - exercised only without the extra
-    raise missing_extra("hf", "transformers>=5", _e) from _e
+    raise missing_extra("hf", "transformers>=5.4,<6", _e) from _e
 
 from .hf_config import SHIM_MODULE, SHIM_SOURCE, TorchmosConfig
 from .hf_features import TorchmosFeatureExtractor
