@@ -34,6 +34,8 @@ MODULES = [
     "torchmos.adapters.speechbrain_lengths",
     "torchmos.adapters.versa.legacy",
     "torchmos.models._deps",
+    "torchmos.training",
+    "torchmos.training.scoreq_model",
     "torchmos.models",
     "torchmos.models.strict",
     "torchmos.models.distillmos",

@@ -8,6 +8,7 @@ Everything runs on tiny random encoders and generated speech-like data; the lear
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib
 import json
 import os
@@ -28,6 +29,7 @@ from torchmos.models.scoreq import ScoreqModel, infer_config, official_key
 from torchmos.training import TrainError, spearman
 from torchmos.training import scoreq as recipe
 from torchmos.training.data import read_mos_csv
+from torchmos.training.scoreq_data import EpochBatches
 
 TINY_ARGS = ["--init", "random", "--layers", "1", "--hidden", "64", "--conv-dim", "32", "--batch-size", "4",
              "--crop-seconds", "0.6", "--epochs", "2", "--head-epochs", "20", "--no-progress", "--threads", "1"]
@@ -71,8 +73,20 @@ def load_sd(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def clips_of(csv):
-    return [sf.read(it.path, dtype="float32")[0] for it in read_mos_csv(csv)]
+def clips_of(path):
+    return [sf.read(it.path, dtype="float32")[0] for it in read_mos_csv(path)]
+
+
+def last_ckpt(out):
+    """The weights in Lightning's checkpoint of a run (``model.`` prefix dropped)."""
+    sd = load_sd(out / "checkpoints" / "last.ckpt")["state_dict"]
+    return {k.removeprefix("model."): v for k, v in sd.items()}
+
+
+def epoch_rows(out):
+    """The rows of metrics.csv that carry a stage (one per epoch of stage 1, and stage 2's)."""
+    with open(out / "metrics.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("stage")]
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,16 +126,20 @@ def test_recipe_rejects_a_wrong_declared_rate_and_bad_mos(data, tmp_path, capsys
 def test_epoch_batches_are_seeded_crops_and_drop_a_tripletless_tail(data):
     items = read_mos_csv(data["train"])
     lengths = [(1.0, 16000)] * len(items)
-    a = recipe._EpochBatches(items, lengths, 4, 0.6, seed=3, epoch=0)
-    b = recipe._EpochBatches(items, lengths, 4, 0.6, seed=3, epoch=0)
-    c = recipe._EpochBatches(items, lengths, 4, 0.6, seed=3, epoch=1)
+    a = EpochBatches(items, lengths, 4, 0.6, seed=3, epoch=0)
+    b = EpochBatches(items, lengths, 4, 0.6, seed=3, epoch=0)
+    c = EpochBatches(items, lengths, 4, 0.6, seed=3, epoch=1)
     assert [len(x) for x in a.batches] == [4, 4]  # 9 clips: the last one alone has no triplet
     assert a.batches == b.batches and a.batches != c.batches
     clips, mos = a[0]
     assert [x.shape[0] for x in clips] == [9600] * 4 and mos.shape == (4,)
     assert all(torch.equal(x, y) for x, y in zip(clips, b[0][0]))
-    long = recipe._EpochBatches(items, lengths, 4, 3.0, seed=3, epoch=0)  # crops longer than the clips
+    long = EpochBatches(items, lengths, 4, 3.0, seed=3, epoch=0)  # crops longer than the clips
     assert [x.shape[0] for x in long[0][0]] == [16000] * 4  # whole clips, no padding in the data
+    # a process of two takes its contiguous half of each batch, with the MOS of the whole batch
+    halves = [EpochBatches(items, lengths, 4, 0.6, seed=3, epoch=0, rank=r, world=2)[0] for r in (0, 1)]
+    assert all(torch.equal(x, y) for x, y in zip(halves[0][0] + halves[1][0], clips))
+    assert torch.equal(halves[1][1], mos)
 
 
 # ----------------------------------------------------------------------------- the model's training path
@@ -270,15 +288,17 @@ def test_outputs_are_official_files_every_scoreq_tool_loads(trained, data, capsy
 
 
 def test_metrics_log_and_args(trained):
-    rows = (trained / "metrics.csv").read_text().splitlines()
-    header = rows[0].split(",")
-    assert header == recipe.COLUMNS
-    stages = [r.split(",")[1] for r in rows[1:]]
-    assert stages.count("1") == 2 and "2" in stages  # two epochs of stage 1, then the head
-    first = dict(zip(header, rows[1].split(",")))
+    with open(trained / "metrics.csv", newline="") as f:
+        header = csv.DictReader(f).fieldnames
+    assert set(header) <= set(recipe.COLUMNS) and {"step", "stage", "epoch", "loss", "val_nmr_spearman"} <= set(header)
+    rows = epoch_rows(trained)
+    stages = [float(r["stage"]) for r in rows]
+    assert stages.count(1) == 2 and 2 in stages  # two epochs of stage 1, then the head
+    first = rows[0]
     assert float(first["loss"]) >= 0 and -1 <= float(first["val_nmr_spearman"]) <= 1
+    assert [float(r["step"]) for r in rows[:2]] == [2, 4]  # 9 clips, batches of 4: two steps an epoch
     assert json.loads((trained / "args.json").read_text())["loss"] == "scoreq"
-    assert (trained / "last.pt").is_file()
+    assert load_sd(trained / "checkpoints" / "last.ckpt")["torchmos"]["recipe"] == "scoreq"
 
 
 def test_same_seed_same_model_and_resume_continues_exactly(data, trained, tmp_path):
@@ -290,8 +310,8 @@ def test_same_seed_same_model_and_resume_continues_exactly(data, trained, tmp_pa
     assert train(data, tmp_path / "c", "--resume") == 0
     c = load_sd(tmp_path / "c" / "nr.pt")
     assert all(torch.equal(a[k], c[k]) for k in a)
-    log = (tmp_path / "c" / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[1:3] for r in log[1:]][:2] == [["1", "1"], ["1", "2"]]  # no stale stage-2 rows between
+    log = epoch_rows(tmp_path / "c")
+    assert [(float(r["stage"]), float(r["epoch"])) for r in log][:2] == [(1, 1), (1, 2)]  # no stale stage-2 rows
     # another seed gives another model
     assert train(data, tmp_path / "d", "--seed", "7") == 0
     d = load_sd(tmp_path / "d" / "nr.pt")
@@ -307,7 +327,7 @@ def test_resume_refuses_changed_options_and_a_run_is_not_clobbered(data, trained
 def test_micro_batches_give_the_whole_batch_gradient(data, tmp_path):
     assert train(data, tmp_path / "w", "--dropout", "0", "--epochs", "1") == 0
     assert train(data, tmp_path / "m", "--dropout", "0", "--epochs", "1", "--micro-batch", "3") == 0
-    w, m = load_sd(tmp_path / "w" / "last.pt")["model"], load_sd(tmp_path / "m" / "last.pt")["model"]
+    w, m = last_ckpt(tmp_path / "w"), last_ckpt(tmp_path / "m")
     assert max(float((w[k] - m[k]).abs().max()) for k in w) < 1e-5
     init, _ = recipe.build_model("random", 1, 64, 32, seed=1337)
     assert float((w["backbone.encoder.layer_norm.weight"] - init.backbone.encoder.layer_norm.weight.detach()).abs().max()) > 0
@@ -315,19 +335,22 @@ def test_micro_batches_give_the_whole_batch_gradient(data, tmp_path):
 
 def test_l2_baseline_and_no_validation(data, tmp_path):
     assert train(data, tmp_path / "l2", "--loss", "l2", reference=False) == 0
-    rows = (tmp_path / "l2" / "metrics.csv").read_text().splitlines()[1:]
-    assert {r.split(",")[1] for r in rows} == {"1"}  # one stage
+    assert {float(r["stage"]) for r in epoch_rows(tmp_path / "l2")} == {1}  # one stage
     assert ScoreqModel.from_pretrained(checkpoint=tmp_path / "l2" / "nr.pt", mode="nr").mode == "nr"
     assert train(data, tmp_path / "nv", reference=False, valid=False) == 0
     assert not (tmp_path / "nv" / "stage1_best.pt").exists() and (tmp_path / "nv" / "nr.pt").is_file()
 
 
 def test_tensorboard_scalars_when_installed(data, tmp_path, monkeypatch):
+    """With tensorboard installed, Lightning's TensorBoardLogger receives every logged
+    value; a stand-in SummaryWriter records them (tensorboard is optional)."""
+    import lightning.fabric.loggers.tensorboard as lightning_tb
+
     calls = []
 
     class Writer:
-        def __init__(self, logdir, purge_step=None):
-            calls.append(("init", logdir, purge_step))
+        def __init__(self, log_dir, purge_step=None):
+            calls.append(("init", log_dir, purge_step))
 
         def add_scalar(self, tag, value, step):
             calls.append((tag, value, step))
@@ -338,11 +361,16 @@ def test_tensorboard_scalars_when_installed(data, tmp_path, monkeypatch):
         def close(self):
             calls.append(("close",))
 
+    monkeypatch.setattr(lightning_tb, "_TENSORBOARD_AVAILABLE", True)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
     assert train(data, tmp_path / "tb", "--epochs", "1") == 0
     assert calls[0] == ("init", str(tmp_path / "tb" / "tb"), None) and calls[-1] == ("close",)
     tags = {c[0] for c in calls}
     assert {"loss", "val_nmr_spearman", "lr_encoder", "val_mse"} <= tags
+    assert ("epoch", 1.0, 2) in calls  # stage 1's epoch row, at its step
+    calls.clear()
+    assert train(data, tmp_path / "tb", "--epochs", "2", "--resume") == 0
+    assert calls[0] == ("init", str(tmp_path / "tb" / "tb"), 3)  # events after the resumed step purged
 
 
 def test_bad_options_are_clear(data, tmp_path, capsys):
@@ -387,6 +415,7 @@ def test_a_tiny_scoreq_learns_mos_from_degradations(tmp_path):
     ref = ScoreqModel.from_pretrained(checkpoint=out / "ref.pt", mode="ref", card="scoreq-ref-natural")
     rho_nr = spearman(nr(clips), mos)
     rho_ref = spearman(ref.distance_to_set(clips, ref.embed(refs)), mos)
+    print(f"held-out Spearman: NR {rho_nr:.3f}, reference-mode distance {rho_ref:.3f}")
     assert rho_nr >= 0.8, f"NR Spearman {rho_nr:.3f} on held-out clips"
     assert rho_ref <= -0.8, f"reference-mode Spearman {rho_ref:.3f} on held-out clips"
 

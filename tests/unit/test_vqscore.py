@@ -25,6 +25,7 @@ from torchmos import hub, models
 from torchmos.metrics.vqscore import VQScore, vqscore
 from torchmos.models.vqscore import VQScoreModel, n_frames
 from torchmos.training import vqscore as recipe
+from torchmos.training.vqscore_data import Crops, Plan
 
 # The authors' quality-estimation VQ-VAE (2048 x 32 codebook): every key and its shape.
 AUTHORS_SHAPES: dict[str, tuple[int, ...]] = {}
@@ -350,11 +351,11 @@ def test_codebook_kmeans_ema_and_dead_codes() -> None:
 
 
 def test_gain_plan_and_crops(tmp_path: Path) -> None:
-    plan = recipe._Plan(n_files=5, batch=4, seed=3, gain_min=0.05, gain_max=2.0)
+    plan = Plan(n_files=5, batch=4, seed=3, gain_min=0.05, gain_max=2.0)
     # epochs: every file once per 5 draws, and the plan is a pure function of (seed, step)
     drawn = plan.files(0) + plan.files(1)[:1]
     assert sorted(drawn) == list(range(5))
-    assert plan.items(7) == recipe._Plan(5, 4, 3, 0.05, 2.0).items(7)
+    assert plan.items(7) == Plan(5, 4, 3, 0.05, 2.0).items(7)
     where, gains = plan.randoms(2)
     assert bool(((gains >= 0.05) & (gains <= 2.0)).all()) and bool(((where >= 0) & (where < 1)).all())
     batch = torch.stack([torch.full((10,), 0.9), torch.full((10,), 0.1), torch.zeros(10)])
@@ -366,7 +367,7 @@ def test_gain_plan_and_crops(tmp_path: Path) -> None:
     sf.write(tmp_path / "long.wav", torch.arange(1000).float().numpy() / 1000, 8000)
     from torchmos.audio import find_audio
 
-    crops = recipe._Crops(find_audio([tmp_path / "short.wav", tmp_path / "long.wav"]), length=600)
+    crops = Crops(find_audio([tmp_path / "short.wav", tmp_path / "long.wav"]), length=600)
     short = crops[(0, 0.7)]
     assert short.shape == (600,) and torch.allclose(short[:100], torch.full((100,), 0.5)) and not short[100:].any()
     assert crops[(1, 0.0)].shape == (600,) and crops[(1, 0.999)].shape == (600,)  # resampled to 2000, cropped
@@ -400,9 +401,14 @@ def tiny_clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _same_state(a: Path, b: Path) -> bool:
-    sa, sb = torch.load(a, weights_only=True)["model"], torch.load(b, weights_only=True)["model"]
+def _same_state(a: Path, b: Path, key: str = "model") -> bool:
+    sa, sb = torch.load(a, weights_only=True)[key], torch.load(b, weights_only=True)[key]
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _train_rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return [r for r in csv.DictReader(f) if r["loss"]]
 
 
 def test_seed_and_resume_are_deterministic(tmp_path: Path, tiny_clean: Path) -> None:
@@ -414,12 +420,15 @@ def test_seed_and_resume_are_deterministic(tmp_path: Path, tiny_clean: Path) -> 
     assert recipe.run(_args(*common, "--out", tmp_path / "c", "--steps", 3, "--seed", 5)) == 0
     assert recipe.run(_args(*common, "--out", tmp_path / "c", "--steps", 6, "--seed", 5, "--resume")) == 0
     assert _same_state(tmp_path / "a" / "vqscore.pt", tmp_path / "c" / "vqscore.pt")
-    assert _same_state(tmp_path / "a" / "last.pt", tmp_path / "c" / "last.pt")
-    with open(tmp_path / "a" / "metrics.csv") as fa, open(tmp_path / "c" / "metrics.csv") as fc:
-        ra, rc = list(csv.DictReader(fa)), list(csv.DictReader(fc))
-    assert [r["step"] for r in ra] == [r["step"] for r in rc] == ["1", "2", "3", "4", "5", "6"]
+    ckpt = Path("checkpoints") / "last.ckpt"  # Lightning's checkpoint: weights, optimiser, loops
+    assert _same_state(tmp_path / "a" / ckpt, tmp_path / "c" / ckpt, key="state_dict")
+    assert torch.load(tmp_path / "c" / ckpt, weights_only=True)["global_step"] == 6
+    ra, rc = _train_rows(tmp_path / "a" / "metrics.csv"), _train_rows(tmp_path / "c" / "metrics.csv")
+    assert [float(r["step"]) for r in ra] == [float(r["step"]) for r in rc] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in ra] == [r["loss"] for r in rc]
-    assert ra[1]["val_perplexity"] and ra[1]["usage_perplexity"] and not ra[0]["val_perplexity"]
+    with open(tmp_path / "a" / "metrics.csv") as f:
+        val = [r for r in csv.DictReader(f) if r["val_perplexity"]]
+    assert [float(r["step"]) for r in val] == [2, 4, 6] and all(r["usage_perplexity"] for r in val)
     # another seed, another model
     assert recipe.run(_args(*common, "--out", tmp_path / "d", "--steps", 6, "--seed", 6)) == 0
     assert not _same_state(tmp_path / "a" / "vqscore.pt", tmp_path / "d" / "vqscore.pt")
@@ -437,6 +446,14 @@ def test_recipe_refuses_to_clobber_or_change_a_run(tmp_path: Path, tiny_clean: P
     with pytest.raises(recipe.TrainError, match="--batch-size"):
         recipe.run(_args(*[a if a != "2" else "3" for a in common], "--steps", 2, "--resume"))
     assert recipe.run(_args(*common, "--steps", 1, "--overwrite")) == 0
+    # --resume CKPT: any checkpoint file of this recipe, not only the run's own last one
+    kept = tmp_path / "kept.ckpt"
+    kept.write_bytes((tmp_path / "r" / "checkpoints" / "last.ckpt").read_bytes())
+    assert recipe.run(_args(*common, "--steps", 3, "--resume", kept)) == 0
+    assert torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(recipe.TrainError, match="not a checkpoint of `torchmos train vqscore`"):
+        recipe.run(_args(*common, "--steps", 3, "--resume", tmp_path / "other.ckpt"))
 
 
 def test_recipe_with_labelled_validation(tmp_path: Path, tiny_clean: Path) -> None:
@@ -457,7 +474,7 @@ def test_recipe_with_labelled_validation(tmp_path: Path, tiny_clean: Path) -> No
                             "--valid-labels", labels, "--valid", tiny_clean)) == 0
     with open(out / "metrics.csv") as f:
         val = [r for r in csv.DictReader(f) if r["val_pearson"]]
-    assert [r["step"] for r in val] == ["2", "4"] and all(r["val_n"] == "4" for r in val)
+    assert [float(r["step"]) for r in val] == [2, 4] and all(float(r["val_n"]) == 4 for r in val)
     best = torch.load(out / "vqscore.pt", weights_only=True)["meta"]
     assert best["val_pearson"] == pytest.approx(max(float(r["val_pearson"]) for r in val), abs=1e-5)
     assert (out / "vqscore_last.pt").is_file()

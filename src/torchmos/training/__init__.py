@@ -1,92 +1,89 @@
 """Training recipes: train or distil torchmos predictors on your own data.
 
 Each recipe module exposes ``add_arguments(parser)`` and ``run(args) -> int`` and is
-mounted by the command line as ``torchmos train <recipe> ...``.
+mounted by the command line as ``torchmos train <recipe> ...``. The recipes are Lightning
+modules run by a Lightning ``Trainer`` (:mod:`torchmos.training.trainer`): the loop,
+devices, DDP, precision, gradient clipping, checkpoints and logs are Lightning's. This
+module and :mod:`torchmos.training.data` do not import Lightning; the recipes need it
+(``pip install 'torchmos[train]'``).
 """
 
+from __future__ import annotations
+
 import argparse
-import csv
+import math
+import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
-
-class CsvLog:
-    """A CSV log with fixed columns; on resume, rows after the resumed step are dropped.
-
-    With ``tensorboard=<folder>`` and the ``tensorboard`` package installed, every numeric
-    value is also written there as a scalar at the row's ``step`` (resumed runs purge the
-    events after the resumed step)."""
-
-    def __init__(self, path: Path, columns: Sequence[str], keep_until: int | None,
-                 tensorboard: Path | None = None) -> None:
-        self.path, self.columns = path, list(columns)
-        self.tb: Any = None
-        if tensorboard is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                pass
-            else:
-                self.tb = SummaryWriter(str(tensorboard), purge_step=None if keep_until is None else keep_until + 1)
-        rows: list[dict[str, str]] = []
-        if keep_until is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r.get("step") and int(r["step"]) <= keep_until]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        clean = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore").writerow(clean)
-        if self.tb is not None and "step" in row:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, v, int(row["step"]))
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def add_run_arguments(parser, *, seed_help: str, log_every: int, val_every: int, save_every: int,
-                      unit: str = "steps"):
-    """The "run" options every recipe shares: seed, device, threads, workers, logging,
-    validation and checkpoint cadence (in ``unit``: steps or epochs), resume/overwrite,
-    progress bar."""
-    r = parser.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=1337, help=f"seed of {seed_help} (default 1337)")
-    r.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    r.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
-    r.add_argument("--log-every", type=int, default=log_every, help=f"log training losses every N steps ({log_every})")
-    r.add_argument("--val-every", type=int, default=val_every,
-                   help=f"validate every N {unit} ({val_every}; also at the end)")
-    r.add_argument("--save-every", type=int, default=save_every,
-                   help=f"write last.pt every N {unit} ({save_every}; also at the end)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    r.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return r
+__all__ = ["TrainError", "add_run_arguments", "check_resumable", "pearson", "plain_args", "precision", "spearman"]
 
 
 class TrainError(ValueError):
     """A problem with the run's options, data or state; the message says what to do."""
 
 
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+# torchmos' short names of the Trainer's precisions (the Trainer's own names work too)
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+_LIGHTNING_PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16-true", "16-true")
+
+
+def precision(text: str) -> str:
+    """``--precision``: a torchmos short name or a Lightning precision, as Lightning's name.
+
+    >>> precision("bf16"), precision("32-true")
+    ('bf16-mixed', '32-true')
+    """
+    if text in PRECISIONS:
+        return PRECISIONS[text]
+    if text in _LIGHTNING_PRECISIONS:
+        return text
+    raise argparse.ArgumentTypeError(
+        f"--precision {text!r}: use one of {', '.join(PRECISIONS)} or a Lightning precision "
+        f"({', '.join(_LIGHTNING_PRECISIONS)})")
+
+
+def _devices(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, seed_help: str, log_every: int, val_every: int,
+                      save_every: int, unit: str = "steps") -> argparse._ArgumentGroup:
+    """The "run" options every recipe shares: seed, devices and strategy, precision,
+    threads, workers, logging, validation and checkpoint cadence (in ``unit``: steps or
+    epochs), resume/overwrite, progress bar. Epoch-based recipes also get ``--max-steps``
+    (step-based ones take it as another name of their ``--steps``)."""
+    r = parser.add_argument_group("run (Lightning Trainer)")
+    r.add_argument("--seed", type=int, default=1337, help=f"seed of {seed_help} (default 1337)")
+    r.add_argument("--device", default="auto",
+                   help="accelerator: auto (cuda if available, else cpu; the default), cpu, cuda, cuda:N or mps")
+    r.add_argument("--devices", type=_devices, default=1,
+                   help="devices (processes) to train on, or a list such as 0,1 (default 1); with more than "
+                   "one, --batch-size is split between them")
+    r.add_argument("--strategy", default="auto",
+                   help="Lightning strategy: auto (default), ddp, ddp_spawn, ddp_find_unused_parameters_true...")
+    r.add_argument("--precision", type=precision, default="32-true",
+                   help="fp32 (default), bf16 or fp16 (mixed), or a Lightning precision such as bf16-true")
+    if unit == "epochs":
+        r.add_argument("--max-steps", type=int, default=-1, help="stop after N optimiser steps (default: no limit)")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's choice)")
+    r.add_argument("--workers", type=int, default=0, help="data-loading processes per device (default 0)")
+    r.add_argument("--log-every", type=int, default=log_every, help=f"log training losses every N steps ({log_every})")
+    r.add_argument("--val-every", type=int, default=val_every,
+                   help=f"validate every N {unit} ({val_every}; also at the end)")
+    r.add_argument("--save-every", type=int, default=save_every,
+                   help=f"write checkpoints/last.ckpt every N {unit} ({save_every}; also at the end)")
+    r.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                   help="continue the run in --out from checkpoints/last.ckpt ('last', the default) or from CKPT")
+    r.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return r
 
 
 def plain_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``args`` that are plain values (what a checkpoint and args.json keep)."""
     out: dict[str, Any] = {}
     for k, v in vars(args).items():
         if isinstance(v, (str, int, float, bool)) or v is None:
@@ -96,66 +93,50 @@ def plain_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def check_resumable(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str], out: Path) -> None:
+def check_resumable(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str], where: object) -> None:
+    """Refuse to resume the run in ``where`` when one of ``keys`` changed."""
     for key in keys:
         if key in old and old[key] != new.get(key):
             raise TrainError(
-                f"--{key.replace('_', '-')} was {old[key]!r} in the run being resumed ({out}) and is "
+                f"--{key.replace('_', '-')} was {old[key]!r} in the run being resumed ({where}) and is "
                 f"{new.get(key)!r} now; resume with the same value, or start a new run (--overwrite or another --out)."
             )
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """The resumable state in ``out`` (with ``--resume``), else None; refuses to clobber a run."""
-    last = out / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise TrainError(f"--resume: {last} does not exist; start the run without --resume.")
-        return torch.load(last, map_location="cpu", weights_only=True)
-    if last.is_file() and not overwrite:
-        raise TrainError(f"{out} already holds a run ({last}); pass --resume to continue it or --overwrite "
-                         "to start afresh.")
-    out.mkdir(parents=True, exist_ok=True)
-    return None
+def _pair(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(a, dtype=torch.float64).detach().cpu().flatten()
+    y = torch.as_tensor(b, dtype=torch.float64).detach().cpu().flatten()
+    if x.shape != y.shape:
+        raise ValueError(f"a correlation needs two sequences of one length, got {len(x)} and {len(y)}.")
+    return x, y
 
 
-def _rank(x: torch.Tensor) -> torch.Tensor:
-    """Ranks (1-based) with ties given their average rank."""
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
-    values, inverse = torch.unique(x, return_inverse=True)
-    if len(values) < len(x):  # average the ranks of tied values
-        sums = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, ranks)
-        counts = torch.zeros(len(values), dtype=x.dtype).index_add_(0, inverse, torch.ones_like(x))
-        ranks = (sums / counts)[inverse]
-    return ranks
+def _correlation(fn_name: str, a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
+    x, y = _pair(a, b)
+    if len(x) < 2 or bool(x.min() == x.max()) or bool(y.min() == y.max()):
+        return math.nan  # undefined: a constant side
+    import torchmetrics.functional as tmf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # near-constant inputs: torchmetrics warns and returns nan
+        return float(getattr(tmf, fn_name)(x, y))
 
 
 def pearson(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    """Pearson correlation (nan when either side is constant)."""
-    x = torch.as_tensor(a, dtype=torch.float64).flatten()
-    y = torch.as_tensor(b, dtype=torch.float64).flatten()
-    x, y = x - x.mean(), y - y.mean()
-    den = float(x.norm() * y.norm())
-    return float((x * y).sum()) / den if den > 0 else float("nan")
+    """Pearson correlation (``torchmetrics.functional.pearson_corrcoef``; nan when either
+    side is constant).
+
+    >>> round(pearson([1, 2, 3], [2, 4, 7]), 4)
+    0.9934
+    """
+    return _correlation("pearson_corrcoef", a, b)
 
 
 def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    x = torch.as_tensor(a, dtype=torch.float64).flatten()
-    y = torch.as_tensor(b, dtype=torch.float64).flatten()
-    return pearson(_rank(x), _rank(y))
+    """Spearman rank correlation (``torchmetrics.functional.spearman_corrcoef``: ties get
+    their average rank; nan when either side is constant).
 
-
-def start_run(args: argparse.Namespace, out: Path, version: int, fixed_on_resume: Sequence[str]) -> dict[str, Any] | None:
-    """Apply ``--threads`` and open ``out``: the state to resume (checked against its format
-    ``version`` and the options that may not change), or None for a fresh run."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    state = prepare_out(out, args.resume, args.overwrite)
-    if state is not None:
-        if state.get("version") != version:
-            raise TrainError(f"{out / 'last.pt'}: state version {state.get('version')!r}, expected {version}.")
-        check_resumable(state["args"], plain_args(args), fixed_on_resume, out)
-    return state
+    >>> round(spearman([1, 1, 2, 3], [1, 2, 3, 4]), 4)
+    0.9487
+    """
+    return _correlation("spearman_corrcoef", a, b)

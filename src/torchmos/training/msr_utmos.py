@@ -24,33 +24,31 @@ the whole network is trained on MOS labels at the clips' own rates.
 * Loss: MSE between ``y`` and ``(mos - 3) / 2``. RAdam, lr 1e-4 (the authors').
 * Every ``--val-every`` steps (and at the end) the validation clips are scored whole, as
   the metric scores them (listener ids 1-10 averaged): MSE, Pearson and Spearman
-  correlation with the labels, also per rate. ``model.pt`` keeps the best model by
-  validation MSE; ``model_last.pt`` the last one.
+  correlation with the labels, also Spearman per rate (``val_spearman_<rate>``).
+  ``model.pt`` keeps the best model by validation MSE; ``model_last.pt`` the last one.
 
 Outputs in ``--out``: ``model.pt`` (``MsrUtmos(fs=..., checkpoint="runs/msr/model.pt")``,
-``torchmos score --model runs/msr/model.pt``), ``model_last.pt``, ``last.pt`` (for
-``--resume``), ``metrics.csv`` and ``args.json``.
+``torchmos score --model runs/msr/model.pt``), ``model_last.pt``,
+``checkpoints/last.ckpt`` (Lightning's checkpoint, for ``--resume``), ``metrics.csv`` and
+``args.json``. A LightningModule run by a Lightning Trainer (``--devices``,
+``--strategy``, ``--precision``: :mod:`torchmos.training.trainer`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .. import audio
-from ..hub import save_atomic
 from ..models.msr_utmos import (
     INFER_LISTENERS,
     MsrUtmosModel,
@@ -58,21 +56,12 @@ from ..models.msr_utmos import (
     load_ssl,
     load_teacher,
 )
-from . import (
-    CsvLog,
-    TrainError,
-    add_run_arguments,
-    pearson,
-    pick_device,
-    plain_args,
-    spearman,
-    start_run,
-)
-from .sfi_distill import _StepSampler, crop, durations, seed_of
+from . import TrainError, add_run_arguments, pearson, spearman
+from .data import crop, durations, rank_part, seed_of, seeded
+from .trainer import RecipeModule, Run, StepData, save_final
 
 __all__ = ["Row", "TrainError", "add_arguments", "read_csv", "run"]
 
-STATE_VERSION = 1
 FIXED_ON_RESUME = ["ssl", "init", "train", "batch_size", "crop_seconds", "seed"]
 
 
@@ -161,7 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--out", required=True, metavar="DIR", help="output folder (model.pt, last.pt, metrics.csv)")
 
     o = parser.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=20_000, help="training steps (default 20000)")
+    o.add_argument("--steps", "--max-steps", dest="steps", type=int, default=20_000,
+                   help="training steps (default 20000)")
     o.add_argument("--batch-size", type=int, default=8, help="clips per step, all of one rate (default 8)")
     o.add_argument("--crop-seconds", type=float, default=10.0, help="longest crop (default 10 s)")
     o.add_argument("--lr", type=float, default=1e-4, help="RAdam learning rate (1e-4, as the authors)")
@@ -174,14 +164,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fine-tune (or resume) as ``args`` say; returns 0. Raises :class:`TrainError`,
     :class:`torchmos.audio.AudioError` or :class:`torchmos.hub.HubError` on bad input."""
-    return _FineTune(args).fit()
+    return _fit(args)
 
 
 # ----------------------------------------------------------------------------- data
 
 
 class _Batches(Dataset):
-    """step -> ((B, T) crops at one rate, that rate, (B,) listener ids, (B,) MOS)."""
+    """step -> ((b, T) crops at one rate, that rate, (b,) listener ids, (b,) MOS): this
+    process's part of the step's batch (``rank`` and ``world`` set by the data module)."""
+
+    rank, world = 0, 1
 
     def __init__(self, rows: Sequence[Row], lengths: Sequence[tuple[float, int]], batch: int, seconds: float,
                  seed: int) -> None:
@@ -204,157 +197,116 @@ class _Batches(Dataset):
         dur = min([self.seconds] + [self.lengths[i][0] for i in items])
         where = torch.rand(self.batch, generator=g, dtype=torch.float64).tolist()
         ids = torch.randint(INFER_LISTENERS[0], INFER_LISTENERS[-1] + 1, (self.batch,), generator=g)
-        clips = []
         for k, i in enumerate(items):
-            x, sr = crop(self.rows[i].entry, where[k] * max(0.0, self.lengths[i][0] - dur), dur)
-            clips.append(audio.resample(x, sr, fs))
             if self.rows[i].listener is not None:
                 ids[k] = self.rows[i].listener
+        part = rank_part(len(items), self.rank, self.world)
+        clips = []
+        for k in part:
+            i = items[k]
+            x, sr = crop(self.rows[i].entry, where[k] * max(0.0, self.lengths[i][0] - dur), dur)
+            clips.append(audio.resample(x, sr, fs))
         n = min(c.shape[0] for c in clips)
-        mos = torch.tensor([self.rows[i].mos for i in items], dtype=torch.float32)
-        return torch.stack([c[:n] for c in clips]), fs, ids, mos
+        mos = torch.tensor([self.rows[items[k]].mos for k in part], dtype=torch.float32)
+        return torch.stack([c[:n] for c in clips]), fs, ids[part.start:part.stop], mos
 
 
 # ----------------------------------------------------------------------------- the recipe
 
 
-class _FineTune:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.out = Path(args.out)
-        self.device = pick_device(args.device)
-        for name in ("steps", "batch_size", "log_every"):
-            if getattr(args, name) < 1:
-                raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-        if args.crop_seconds < 0.5:
-            raise TrainError(f"--crop-seconds {args.crop_seconds} is too short (at least 0.5 s).")
-        if args.ssl is None and args.init is None:
-            raise TrainError("give --ssl (the SFI SSL model to fine-tune) or --init (an MSR-UTMOS model).")
+class _FineTune(RecipeModule):
+    recipe = "msr-utmos"
 
-    def _fresh(self) -> MsrUtmosModel:
-        a = self.args
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_of(a.seed, "init"))
-            if a.init:
-                return MsrUtmosModel.from_pretrained(checkpoint=a.init)
-            src = Path(a.ssl)
-            if a.ssl == "tiny" or (src / "config.json").is_file():
-                ssl: SFISSLModel = SFISSLModel.from_teacher(load_teacher(a.ssl, arch=a.ssl_arch))
-            elif src.is_file() or (src / "student.pt").is_file():
-                ssl = load_ssl(src)
-            else:
-                raise TrainError(f"--ssl {a.ssl}: neither a sfi-distill output (student.pt), a transformers "
-                                 "model directory (config.json), nor 'tiny'.")
-            model = MsrUtmosModel(ssl)
-            torch.nn.init.zeros_(model.listener_embedding.weight)  # every listener starts as the average one
-            return model
+    def __init__(self, args: argparse.Namespace, model: MsrUtmosModel, valid: list[tuple[torch.Tensor, int]],
+                 labels: list[float]) -> None:
+        super().__init__(args)
+        self.model, self.valid, self.labels = model, valid, labels
+        self.best = math.inf
 
-    def _load(self, rows: Sequence[Row]) -> list[tuple[torch.Tensor, int]]:
-        out = []
-        for row in rows:
-            x, sr = row.entry.read()
-            out.append((audio.resample(x, sr, row.rate) if row.rate else x, row.rate or sr))
-        return out
+    def run_state(self) -> dict[str, Any]:
+        return {"best": self.best, "config": self.model.config}
 
-    def _validate(self, model: MsrUtmosModel) -> tuple[dict[str, Any], list[float]]:
-        model.eval()
-        preds = [float(model([x], fs)[0]) for x, fs in self.valid]
-        model.train()
-        labels = [r.mos for r in self.valid_rows]
-        row: dict[str, Any] = {
-            "val_mse": sum((p - y) ** 2 for p, y in zip(preds, labels)) / len(labels),
-            "val_pearson": pearson(preds, labels) if len(labels) > 2 else float("nan"),
-            "val_spearman": spearman(preds, labels) if len(labels) > 2 else float("nan"),
-        }
-        by_rate: dict[int, list[int]] = {}
-        for i, (_, fs) in enumerate(self.valid):
-            by_rate.setdefault(fs, []).append(i)
-        row["val_spearman_by_rate"] = " ".join(
-            f"{fs}:{spearman([preds[i] for i in idx], [labels[i] for i in idx]):.3f}"
-            for fs, idx in sorted(by_rate.items()) if len(idx) > 2)
-        return row, preds
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        self.best = float(state.get("best", math.inf))
 
-    def fit(self) -> int:
-        a = self.args
-        state = start_run(a, self.out, STATE_VERSION, FIXED_ON_RESUME)
-        rows = read_csv(a.train)
-        lengths = durations([r.entry for r in rows])
-        self.valid_rows = read_csv(a.valid) if a.valid else []
-        self.valid = self._load(self.valid_rows)
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.RAdam(self.model.parameters(), lr=self.args.lr, weight_decay=self.args.weight_decay,
+                                 decoupled_weight_decay=True)
 
-        if state is None:
-            model = self._fresh()
+    def training_step(self, batch: tuple[torch.Tensor, int, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, fs, ids, mos = batch
+        y = self.model.predict(x, int(fs), ids)
+        loss = torch.nn.functional.mse_loss(y, (mos - 3.0) / 2.0)
+        self.check_finite(loss)
+        self.log_train({"loss": loss.detach()})
+        return loss * self.share(x.shape[0], self.args.batch_size)
+
+    def validation_step(self, i: int, batch_idx: int) -> None:
+        if 0 <= i < len(self.valid):
+            x, fs = self.valid[i]
+            self._rows.append([i, fs, float(self.model([x.to(self.device)], fs)[0])])
+
+    def on_validation_epoch_end(self) -> None:
+        rows = self.gather(torch.tensor(self._rows, dtype=torch.float64, device=self.device).reshape(-1, 3)).cpu()
+        rows = rows[rows[:, 0].argsort()]
+        preds, labels = rows[:, 2], torch.tensor(self.labels, dtype=torch.float64)
+        res: dict[str, Any] = {"val_mse": float(((preds - labels) ** 2).mean()),
+                               "val_pearson": pearson(preds, labels), "val_spearman": spearman(preds, labels)}
+        for fs in sorted({int(r) for r in rows[:, 1]}):
+            at = rows[:, 1] == fs
+            if int(at.sum()) > 2:
+                res[f"val_spearman_{fs}"] = spearman(preds[at], labels[at])
+        self.log_eval(res)
+        self.report(res)
+        if res["val_mse"] < self.best:
+            self.best = res["val_mse"]
+            if self.trainer.is_global_zero:
+                self.model.save(Path(self.args.out) / "model.pt",
+                                meta={"step": self.global_step, "val_mse": self.best, "val_spearman": res["val_spearman"]})
+
+
+def _fresh(a: argparse.Namespace) -> MsrUtmosModel:
+    with seeded(a.seed, "init"):
+        if a.init:
+            return MsrUtmosModel.from_pretrained(checkpoint=a.init)
+        src = Path(a.ssl)
+        if a.ssl == "tiny" or (src / "config.json").is_file():
+            ssl: SFISSLModel = SFISSLModel.from_teacher(load_teacher(a.ssl, arch=a.ssl_arch))
+        elif src.is_file() or (src / "student.pt").is_file():
+            ssl = load_ssl(src)
         else:
-            model = MsrUtmosModel.from_config(state["config"])
-            model.load_state_dict(state["model"])
-        model.to(self.device).train()
-        opt = torch.optim.RAdam(model.parameters(), lr=a.lr, weight_decay=a.weight_decay, decoupled_weight_decay=True)
-        start, elapsed0, best = 0, 0.0, math.inf
-        if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            start, elapsed0, best = int(state["step"]), float(state["elapsed"]), float(state["best"])
-            torch.set_rng_state(state["rng"])
-            if state.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-        else:
-            torch.manual_seed(seed_of(a.seed, "dropout"))
-            (self.out / "args.json").write_text(json.dumps(plain_args(a), indent=2) + "\n")
-        columns = ["step", "time_s", "lr", "loss", "val_mse", "val_pearson", "val_spearman", "val_spearman_by_rate"]
-        log = CsvLog(self.out / "metrics.csv", columns, keep_until=start if state is not None else None)
-        data = _Batches(rows, lengths, a.batch_size, a.crop_seconds, a.seed)
-        loader = DataLoader(data, sampler=_StepSampler(start, a.steps), batch_size=None, num_workers=a.workers)
+            raise TrainError(f"--ssl {a.ssl}: neither a sfi-distill output (student.pt), a transformers "
+                             "model directory (config.json), nor 'tiny'.")
+        model = MsrUtmosModel(ssl)
+        torch.nn.init.zeros_(model.listener_embedding.weight)  # every listener starts as the average one
+        return model
 
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=a.steps, initial=start, desc="msr-utmos", unit="step",
-                   disable=True if a.no_progress else None, dynamic_ncols=True)
-        t0 = time.monotonic()
-        losses: list[float] = []
-        step = start
-        try:
-            for x, fs, ids, mos in loader:
-                y = model.predict(x.to(self.device), int(fs), ids.to(self.device))
-                loss = torch.nn.functional.mse_loss(y, ((mos - 3.0) / 2.0).to(self.device))
-                if not bool(torch.isfinite(loss)):
-                    raise TrainError(f"the loss became {float(loss)} at step {step + 1}; lower --lr (or set "
-                                     "--grad-clip) and resume from the last checkpoint.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if a.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
-                opt.step()
-                step += 1
-                losses.append(loss.item())
-                bar.update(1)
-                elapsed = elapsed0 + time.monotonic() - t0
-                row: dict[str, Any] = {}
-                if step % a.log_every == 0 or step == a.steps:
-                    row["loss"] = sum(losses) / len(losses)
-                    bar.set_postfix(loss=f"{row['loss']:.4g}")
-                    losses = []
-                if self.valid and ((a.val_every and step % a.val_every == 0) or step == a.steps):
-                    val, _ = self._validate(model)
-                    row.update(val)
-                    bar.write(f"step {step}: " + ", ".join(
-                        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
-                    if val["val_mse"] < best:
-                        best = float(val["val_mse"])
-                        model.save(self.out / "model.pt", meta={"step": step, "val_mse": best,
-                                                                "val_spearman": val["val_spearman"]})
-                if row:
-                    row.update(step=step, time_s=round(elapsed, 2), lr=opt.param_groups[0]["lr"])
-                    log.write(row)
-                if (a.save_every and step % a.save_every == 0) or step == a.steps:
-                    save_atomic({"version": STATE_VERSION, "step": step, "elapsed": elapsed, "best": best,
-                                 "config": model.config, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "rng": torch.get_rng_state(),
-                                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                                 "args": plain_args(a)}, self.out / "last.pt")
-        finally:
-            bar.close()
-        model.eval()
-        model.save(self.out / "model_last.pt", meta={"step": step})
-        if not self.valid or not (self.out / "model.pt").exists():
-            model.save(self.out / "model.pt", meta={"step": step})
-        print(f"torchmos train msr-utmos: step {step}; model in {self.out / 'model.pt'}", file=sys.stderr)
-        return 0
+def _check(a: argparse.Namespace) -> None:
+    for name in ("steps", "batch_size", "log_every"):
+        if getattr(a, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}.")
+    if a.crop_seconds < 0.5:
+        raise TrainError(f"--crop-seconds {a.crop_seconds} is too short (at least 0.5 s).")
+    if a.ssl is None and a.init is None:
+        raise TrainError("give --ssl (the SFI SSL model to fine-tune) or --init (an MSR-UTMOS model).")
+
+
+def _fit(a: argparse.Namespace) -> int:
+    _check(a)
+    run = Run(a, "msr-utmos", FIXED_ON_RESUME, ["model.pt", "model_last.pt"])
+    rows = read_csv(a.train)
+    lengths = durations([r.entry for r in rows])
+    valid_rows = read_csv(a.valid) if a.valid else []
+    valid = []
+    for row in valid_rows:
+        x, sr = row.entry.read()
+        valid.append((audio.resample(x, sr, row.rate) if row.rate else x, row.rate or sr))
+    model = MsrUtmosModel.from_config(run.state["config"]) if run.state else _fresh(a)
+    module = _FineTune(a, model, valid, [r.mos for r in valid_rows])
+    data = StepData(_Batches(rows, lengths, a.batch_size, a.crop_seconds, a.seed), a.steps, a.val_every,
+                    a.workers, n_valid=len(valid))
+    trainer = run.trainer(max_steps=a.steps, save_every_steps=a.save_every, clip=a.grad_clip)
+    run.fit(trainer, module, data)
+    save_final(trainer, model, run.out, "msr-utmos", "model.pt", "model_last.pt", selected=bool(valid))
+    return 0

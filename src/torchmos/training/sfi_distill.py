@@ -28,120 +28,35 @@ kernels (``--init fit``; ``--init erb`` keeps the ERB-spaced initialisation).
   default: up to 8 training files; first ``--crop-seconds`` of each) at every rate.
 
 Outputs in ``--out``: ``student.pt`` (the student in torchmos' layout, for ``torchmos
-train msr-utmos --ssl``), ``last.pt`` (the same plus optimiser and RNG state, for
-``--resume``), ``metrics.csv`` and ``args.json``. The batches are a pure function of
-``--seed`` and the step, so a resumed run sees the batches an uninterrupted one would.
+train msr-utmos --ssl``), ``checkpoints/last.ckpt`` (Lightning's checkpoint, for
+``--resume``), ``metrics.csv`` and ``args.json``. The batches, and dropout, are a pure
+function of ``--seed`` and the step, so a resumed run sees the batches an uninterrupted
+one would. A LightningModule run by a Lightning Trainer (``--devices``, ``--strategy``,
+``--precision``: :mod:`torchmos.training.trainer`); the teacher is not part of the
+checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .. import audio
-from ..hub import save_atomic
 from ..models.msr_utmos import SFISSLModel, load_teacher
-from . import (
-    CsvLog,
-    TrainError,
-    add_run_arguments,
-    pick_device,
-    plain_args,
-    start_run,
-)
+from . import TrainError, add_run_arguments
+from .data import EpochPlan, crop, durations, rank_part, seed_of, seeded
+from .trainer import RecipeModule, Run, StepData
 
-__all__ = ["TrainError", "add_arguments", "run"]
+__all__ = ["TrainError", "add_arguments", "hidden_mse", "run", "seed_of"]
 
 TEACHER_RATE = 16000
-STATE_VERSION = 1
 FIXED_ON_RESUME = ["teacher", "teacher_arch", "audio", "batch_size", "crop_seconds", "rates", "seed",
                    "filter", "design", "n_freq", "init"]
-
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def seed_of(*parts: Any) -> int:
-    """A 63-bit seed derived from (seed, stream, index...), stable across runs and machines."""
-    h = hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()
-    return int(h[:15], 16)
-
-
-def durations(entries: Sequence[audio.AudioEntry]) -> list[tuple[float, int]]:
-    """(seconds, sample rate) of every file, from its header when it has one."""
-    import soundfile as sf
-
-    out = []
-    for e in entries:
-        try:
-            info = sf.info(e.source)
-            out.append((info.frames / info.samplerate, int(info.samplerate)))
-        except Exception:  # pipes, odd containers: read it
-            x, sr = e.read()
-            out.append((x.shape[0] / sr, sr))
-    return out
-
-
-def crop(entry: audio.AudioEntry, start_s: float, seconds: float) -> tuple[torch.Tensor, int]:
-    """``seconds`` of a file from ``start_s`` at its own rate, mono, checked for NaN/Inf.
-    Regular files are read in part; anything else (pipes) whole."""
-    import soundfile as sf
-
-    try:
-        with sf.SoundFile(entry.source) as f:
-            sr, total = int(f.samplerate), f.frames
-            n = max(1, min(total, int(seconds * sr)))
-            a = max(0, min(int(round(start_s * sr)), total - n))
-            f.seek(a)
-            data = torch.from_numpy(f.read(n, dtype="float32", always_2d=True))
-        x = data.mean(dim=1) if data.shape[1] > 1 else data[:, 0].contiguous()
-    except Exception:  # not seekable, or not a plain file: the general reader names the problem
-        x, sr = entry.read()
-        n = max(1, int(seconds * sr))
-        a = max(0, min(int(round(start_s * sr)), x.shape[0] - n))
-        x = x[a : a + n]
-    if x.shape[0] == 0:
-        raise audio.AudioError(f"{entry.source}: the file holds no audio samples.")
-    if not bool(torch.isfinite(x).all()):
-        raise audio.AudioError(f"{entry.source}: the file holds NaN/Inf samples; clean or remove it.")
-    return x, sr
-
-
-class EpochPlan:
-    """Files drawn in epochs of seeded permutations; a pure function of (seed, position)."""
-
-    def __init__(self, n: int, seed: int, stream: str = "files") -> None:
-        self.n, self.seed, self.stream = n, seed, stream
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def item(self, k: int) -> int:
-        epoch, pos = divmod(k, self.n)
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(seed_of(self.seed, self.stream, epoch))
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return int(self._perms[epoch][pos])
-
-
-class _StepSampler(Sampler):
-    def __init__(self, start: int, stop: int) -> None:
-        self.start, self.stop = start, stop
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.start, self.stop))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -176,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--fit-steps", type=int, default=300, help="Adam steps of that fit (300)")
 
     o = parser.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=200_000, help="training steps (default 200000)")
+    o.add_argument("--steps", "--max-steps", dest="steps", type=int, default=200_000,
+                   help="training steps (default 200000)")
     o.add_argument("--batch-size", type=int, default=8, help="crops per step (default 8, as the authors)")
     o.add_argument("--crop-seconds", type=float, default=20.0, help="longest crop (default 20 s)")
     o.add_argument("--rates", type=int, nargs="+", default=[8000, 16000, 24000, 48000],
@@ -191,14 +107,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Distil (or resume) as ``args`` say; returns 0. Raises :class:`TrainError`,
     :class:`torchmos.audio.AudioError` or ``FileNotFoundError`` on bad input."""
-    return _Distill(args).fit()
+    return _fit(args)
 
 
 # ----------------------------------------------------------------------------- data
 
 
 class _Batches(Dataset):
-    """step -> (student crops (B, T) at Fs, teacher crops (B, T16) at 16 kHz, Fs)."""
+    """step -> (student crops (b, T) at Fs, teacher crops (b, T16) at 16 kHz, Fs): this
+    process's part of the step's batch (``rank`` and ``world`` set by the data module)."""
+
+    rank, world = 0, 1
 
     def __init__(self, entries: Sequence[audio.AudioEntry], lengths: Sequence[tuple[float, int]],
                  batch: int, seconds: float, rates: Sequence[int], seed: int) -> None:
@@ -221,8 +140,8 @@ class _Batches(Dataset):
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         files, fs, dur, starts = self.describe(step)
         hi, lo = [], []
-        for i, s in zip(files, starts):
-            x, sr = crop(self.entries[i], s, dur)
+        for k in rank_part(len(files), self.rank, self.world):
+            x, sr = crop(self.entries[files[k]], starts[k], dur)
             hi.append(audio.resample(x, sr, fs))
             lo.append(audio.resample(x, sr, TEACHER_RATE))
         n_hi, n_lo = min(c.shape[0] for c in hi), min(c.shape[0] for c in lo)
@@ -240,145 +159,120 @@ def hidden_mse(student_states: Sequence[torch.Tensor], teacher_states: Sequence[
 # ----------------------------------------------------------------------------- the recipe
 
 
-class _Distill:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.out = Path(args.out)
-        self.device = pick_device(args.device)
-        for name in ("steps", "batch_size", "valid_max_files", "n_freq", "log_every"):
-            if getattr(args, name) < 1:
-                raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-        if args.crop_seconds < 0.1:
-            raise TrainError(f"--crop-seconds {args.crop_seconds} is too short (at least 0.1 s).")
-        for fs in args.rates:
-            if fs < 4000:
-                raise TrainError(f"--rates: {fs} Hz is below 4 kHz, too low for the SFI layer.")
+class _Distill(RecipeModule):
+    recipe = "sfi-distill"
 
-    def _student(self, teacher: torch.nn.Module) -> SFISSLModel:
-        a = self.args
-        sfi: dict[str, Any] = {"filter": a.filter, "design": a.design, "n_freq": a.n_freq}
-        if a.filter == "naf":
-            sfi.update(n_rff=a.naf_rff, hidden=list(a.naf_hidden))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_of(a.seed, "init"))
-            return SFISSLModel.from_teacher(teacher, sfi=sfi, fit_steps=a.fit_steps if a.init == "fit" else 0)
-
-    def _validate(self, student: SFISSLModel, teacher: torch.nn.Module) -> dict[str, float]:
-        student.eval()
-        row: dict[str, float] = {}
-        with torch.no_grad():
-            for fs in self.args.rates:
-                losses = []
-                for x, sr in self.valid:
-                    t = teacher(audio.resample(x, sr, TEACHER_RATE)[None].to(self.device),
-                                output_hidden_states=True).hidden_states
-                    s = student(audio.resample(x, sr, fs)[None].to(self.device), fs,
-                                output_hidden_states=True).hidden_states
-                    losses.append(float(hidden_mse(s, t)))
-                row[f"val_loss_{fs}"] = sum(losses) / len(losses)
-        row["val_loss"] = sum(row[f"val_loss_{fs}"] for fs in self.args.rates) / len(self.args.rates)
-        student.train()
-        return row
-
-    def fit(self) -> int:
-        a = self.args
-        state = start_run(a, self.out, STATE_VERSION, FIXED_ON_RESUME)
-        entries = audio.find_audio(a.audio)
-        if not entries:
-            raise TrainError(f"--audio {' '.join(a.audio)}: no audio files found.")
-        lengths = durations(entries)
-        short = [e.source for e, (d, _) in zip(entries, lengths) if d < 0.1]
-        if short:
-            raise TrainError(f"{short[0]}: shorter than 0.1 s; remove it (and {len(short) - 1} more).")
-        valid = audio.find_audio(a.valid) if a.valid else entries[:8]
-        self.valid = []
-        for e in valid[: a.valid_max_files]:
-            x, sr = e.read()
-            self.valid.append((x[: int(a.crop_seconds * sr)], sr))
-
-        teacher = load_teacher(a.teacher, arch=a.teacher_arch).to(self.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if state is None:
-            student = self._student(teacher)
-        else:
-            student = SFISSLModel.from_config(state["config"])
-            student.load_state_dict(state["student"])
-        student.to(self.device).train()
-        spec_augment = getattr(student.backbone.config, "apply_spec_augment", True)
+    def __init__(self, args: argparse.Namespace, student: SFISSLModel, teacher: torch.nn.Module,
+                 valid: list[tuple[torch.Tensor, int]]) -> None:
+        super().__init__(args)
+        self.student, self.valid = student, valid
+        self._teacher = (teacher,)  # frozen, and not part of the checkpoints
+        self.spec_augment = getattr(student.backbone.config, "apply_spec_augment", True)
         student.backbone.config.apply_spec_augment = False  # the teacher sees unmasked input
-        opt = torch.optim.RAdam(student.parameters(), lr=a.lr, weight_decay=a.weight_decay,
-                                decoupled_weight_decay=True)
-        start, elapsed0 = 0, 0.0
-        if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            start, elapsed0 = int(state["step"]), float(state["elapsed"])
-            torch.set_rng_state(state["rng"])
-            if state.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-        else:
-            torch.manual_seed(seed_of(a.seed, "dropout"))
-            (self.out / "args.json").write_text(json.dumps(plain_args(a), indent=2) + "\n")
-        columns = ["step", "time_s", "lr", "rate", "loss"] + [f"loss_{fs}" for fs in a.rates] + ["val_loss"] + [
-            f"val_loss_{fs}" for fs in a.rates]
-        log = CsvLog(self.out / "metrics.csv", columns, keep_until=start if state is not None else None)
-        data = _Batches(entries, lengths, a.batch_size, a.crop_seconds, a.rates, a.seed)
-        loader = DataLoader(data, sampler=_StepSampler(start, a.steps), batch_size=None, num_workers=a.workers)
+        if getattr(student.backbone, "masked_spec_embed", None) is not None:  # SpecAugment's mask: unused here
+            student.backbone.masked_spec_embed.requires_grad_(False)
 
-        def save(step: int, elapsed: float) -> None:
-            student.backbone.config.apply_spec_augment = spec_augment
-            student.save(self.out / "student.pt", meta={"step": step, "recipe": "torchmos.training.sfi_distill"})
-            save_atomic({"version": STATE_VERSION, "step": step, "elapsed": elapsed, "config": student.config,
-                         "student": student.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                         "args": plain_args(a)}, self.out / "last.pt")
-            student.backbone.config.apply_spec_augment = False
+    @property
+    def teacher(self) -> torch.nn.Module:
+        return self._teacher[0]
 
-        from tqdm.auto import tqdm
+    def run_state(self) -> dict[str, Any]:
+        config = self.student.config  # as the student file has it (SpecAugment as the teacher's)
+        config["transformers_config"] = {**config["transformers_config"], "apply_spec_augment": self.spec_augment}
+        return {"config": config}
 
-        bar = tqdm(total=a.steps, initial=start, desc="sfi-distill", unit="step",
-                   disable=True if a.no_progress else None, dynamic_ncols=True)
-        t0 = time.monotonic()
-        sums: dict[int, list[float]] = {}
-        step = start
-        try:
-            for x_hi, x_lo, fs in loader:
-                fs = int(fs)
-                with torch.no_grad():
-                    target = teacher(x_lo.to(self.device), output_hidden_states=True).hidden_states
-                pred = student(x_hi.to(self.device), fs, output_hidden_states=True).hidden_states
-                loss = hidden_mse(pred, target)
-                if not bool(torch.isfinite(loss)):
-                    raise TrainError(f"the loss became {float(loss)} at step {step + 1}; lower --lr (or set "
-                                     "--grad-clip) and resume from the last checkpoint.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if a.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(student.parameters(), a.grad_clip)
-                opt.step()
-                step += 1
-                sums.setdefault(fs, []).append(loss.item())
-                bar.update(1)
-                elapsed = elapsed0 + time.monotonic() - t0
-                row: dict[str, Any] = {}
-                if step % a.log_every == 0 or step == a.steps:
-                    allv = [v for vs in sums.values() for v in vs]
-                    row = {"loss": sum(allv) / len(allv), "rate": fs,
-                           **{f"loss_{r}": sum(v) / len(v) for r, v in sums.items()}}
-                    bar.set_postfix(loss=f"{row['loss']:.4g}")
-                    sums = {}
-                if (a.val_every and step % a.val_every == 0) or step == a.steps:
-                    val = self._validate(student, teacher)
-                    row.update(val)
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()))
-                if row:
-                    row.update(step=step, time_s=round(elapsed, 2), lr=opt.param_groups[0]["lr"])
-                    log.write(row)
-                if (a.save_every and step % a.save_every == 0) or step == a.steps:
-                    save(step, elapsed)
-        finally:
-            bar.close()
-        if step == start and not (self.out / "student.pt").exists():
-            save(step, elapsed0)
-        print(f"torchmos train sfi-distill: step {step}; student in {self.out / 'student.pt'}", file=sys.stderr)
-        return 0
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device).eval()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return torch.optim.RAdam(params, lr=self.args.lr, weight_decay=self.args.weight_decay,
+                                 decoupled_weight_decay=True)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, int], batch_idx: int) -> torch.Tensor:
+        x_hi, x_lo, fs = batch
+        with torch.no_grad():
+            target = self.teacher(x_lo, output_hidden_states=True).hidden_states
+        pred = self.student(x_hi, int(fs), output_hidden_states=True).hidden_states
+        loss = hidden_mse(pred, target)
+        self.check_finite(loss)
+        self.log_train({"loss": loss.detach(), "rate": float(fs)})
+        return loss * self.share(x_hi.shape[0], self.args.batch_size)
+
+    def validation_step(self, i: int, batch_idx: int) -> None:
+        if not 0 <= i < len(self.valid):
+            return
+        x, sr = self.valid[i]
+        t = self.teacher(audio.resample(x, sr, TEACHER_RATE)[None].to(self.device),
+                         output_hidden_states=True).hidden_states
+        row = [float(i)]
+        for fs in self.args.rates:
+            s = self.student(audio.resample(x, sr, fs)[None].to(self.device), fs,
+                             output_hidden_states=True).hidden_states
+            row.append(float(hidden_mse(s, t)))
+        self._rows.append(row)
+
+    def on_validation_epoch_end(self) -> None:
+        rates = self.args.rates
+        rows = self.gather(torch.tensor(self._rows, dtype=torch.float64, device=self.device)
+                           .reshape(-1, 1 + len(rates))).cpu()
+        res = {f"val_loss_{fs}": float(rows[:, 1 + k].mean()) for k, fs in enumerate(rates)}
+        res["val_loss"] = sum(res.values()) / len(rates)
+        self.log_eval(res)
+        self.report(res)
+
+    def save_student(self, path: Any) -> None:
+        self.student.backbone.config.apply_spec_augment = self.spec_augment
+        self.student.save(path, meta={"step": self.global_step, "recipe": "torchmos.training.sfi_distill"})
+        self.student.backbone.config.apply_spec_augment = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.trainer.is_global_zero:  # the student file follows the checkpoints
+            self.save_student(f"{self.args.out}/student.pt")
+
+
+def _student(a: argparse.Namespace, teacher: torch.nn.Module) -> SFISSLModel:
+    sfi: dict[str, Any] = {"filter": a.filter, "design": a.design, "n_freq": a.n_freq}
+    if a.filter == "naf":
+        sfi.update(n_rff=a.naf_rff, hidden=list(a.naf_hidden))
+    with seeded(a.seed, "init"):
+        return SFISSLModel.from_teacher(teacher, sfi=sfi, fit_steps=a.fit_steps if a.init == "fit" else 0)
+
+
+def _check(a: argparse.Namespace) -> None:
+    for name in ("steps", "batch_size", "valid_max_files", "n_freq", "log_every"):
+        if getattr(a, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}.")
+    if a.crop_seconds < 0.1:
+        raise TrainError(f"--crop-seconds {a.crop_seconds} is too short (at least 0.1 s).")
+    for fs in a.rates:
+        if fs < 4000:
+            raise TrainError(f"--rates: {fs} Hz is below 4 kHz, too low for the SFI layer.")
+
+
+def _fit(a: argparse.Namespace) -> int:
+    _check(a)
+    run = Run(a, "sfi-distill", FIXED_ON_RESUME, ["student.pt"])
+    entries = audio.find_audio(a.audio)
+    if not entries:
+        raise TrainError(f"--audio {' '.join(a.audio)}: no audio files found.")
+    lengths = durations(entries)
+    short = [e.source for e, (d, _) in zip(entries, lengths) if d < 0.1]
+    if short:
+        raise TrainError(f"{short[0]}: shorter than 0.1 s; remove it (and {len(short) - 1} more).")
+    valid = []
+    for e in (audio.find_audio(a.valid) if a.valid else entries[:8])[: a.valid_max_files]:
+        x, sr = e.read()
+        valid.append((x[: int(a.crop_seconds * sr)], sr))
+    teacher = load_teacher(a.teacher, arch=a.teacher_arch).eval()
+    teacher.requires_grad_(False)
+    student = SFISSLModel.from_config(run.state["config"]) if run.state else _student(a, teacher)
+    module = _Distill(a, student, teacher, valid)
+    data = StepData(_Batches(entries, lengths, a.batch_size, a.crop_seconds, a.rates, a.seed), a.steps,
+                    a.val_every, a.workers, n_valid=len(valid))
+    trainer = run.trainer(max_steps=a.steps, save_every_steps=a.save_every, clip=a.grad_clip)
+    run.fit(trainer, module, data)
+    print(f"torchmos train sfi-distill: step {trainer.global_step}; student in {run.out / 'student.pt'}",
+          file=sys.stderr)
+    return 0

@@ -28,42 +28,40 @@ degraded speech.
 Outputs in ``--out``: ``vqscore.pt`` (the model in torchmos' layout, usable as
 ``torchmos score --model runs/vq/vqscore.pt`` or ``VQScore(checkpoint=...)``: the last
 model, or with ``--valid-labels`` the best by Pearson correlation, the last then being
-``vqscore_last.pt``), ``last.pt`` (the same plus optimiser and RNG state, for
-``--resume``), ``metrics.csv`` and ``args.json``. With the same ``--seed`` and data, a
-run on CPU is reproducible bit for bit, also when interrupted and resumed.
+``vqscore_last.pt``), ``checkpoints/last.ckpt`` (Lightning's checkpoint, for
+``--resume``), ``metrics.csv`` and ``args.json``. The recipe is a LightningModule run by a
+Lightning Trainer (``--devices``, ``--strategy``, ``--precision``: see
+:mod:`torchmos.training.trainer`); on several devices the codebook is updated from the
+frames of every device, identically everywhere. With the same ``--seed`` and data, a run
+on CPU is reproducible bit for bit, also when interrupted and resumed.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
-import json
+import contextlib
 import math
-import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torch.nn.functional as F
 
 from .. import audio, hub
-from ..hub import save_atomic
 from ..models.vqscore import VQScoreModel, frame_cosine
-from . import CsvLog, TrainError, add_run_arguments, pearson, pick_device, plain_args, spearman
+from . import TrainError, add_run_arguments, pearson, spearman
+from .trainer import RecipeModule, Run, StepData, save_final
+from .vqscore_data import Crops, Plan, StepBatches, apply_gain, load16k, read_labels
 
 __all__ = ["TrainError", "add_arguments", "apply_gain", "pearson", "read_labels", "run", "spearman"]
 
 SAMPLE_RATE = VQScoreModel.sample_rate
-STATE_VERSION = 1
 VALID_MAX_SECONDS = 30.0
-COLUMNS = ["step", "time_s", "lr", "loss", "commit", "recon_cos", "usage_perplexity", "val_vqscore",
-           "val_recon_cos", "val_perplexity", "val_codes_used", "val_pearson", "val_spearman", "val_n"]
 # options that must not change when a run is resumed (they decide the batches or the model)
 FIXED_ON_RESUME = ["clean", "batch_size", "crop_seconds", "gain_min", "gain_max", "seed"]
+OUTPUTS = ["vqscore.pt", "vqscore_last.pt"]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -98,7 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "released model) instead of a fresh model")
 
     o = parser.add_argument_group("optimisation")
-    o.add_argument("--steps", type=int, default=800_000, help="training steps (default 800000, as the authors)")
+    o.add_argument("--steps", "--max-steps", dest="steps", type=int, default=800_000,
+                   help="training steps (default 800000, as the authors)")
     o.add_argument("--batch-size", type=int, default=64, help="crops per step (default 64)")
     o.add_argument("--crop-seconds", type=float, default=3.0, help="crop length (default 3 s)")
     o.add_argument("--gain-min", type=float, default=0.05, help="random gain range, low end (default 0.05)")
@@ -117,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) as ``args`` say; returns 0. Raises :class:`TrainError`,
     :class:`torchmos.audio.AudioError` or :class:`torchmos.hub.HubError` on bad input."""
-    return _Recipe(args).fit()
+    return _fit(args)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -131,348 +130,174 @@ def _perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def read_labels(path: str | os.PathLike) -> list[tuple[audio.AudioEntry, float]]:
-    """Rows ``path,score`` of a CSV (a header row is skipped). Relative paths resolve
-    against the current folder when they exist there, else against the CSV's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"--valid-labels {path}: no such file.")
-    rows: list[tuple[audio.AudioEntry, float]] = []
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
-            if not row or not row[0].strip() or row[0].lstrip().startswith("#"):
-                continue
-            if len(row) < 2:
-                raise TrainError(f"{path}:{lineno}: expected 'path,score', got {','.join(row)!r}.")
-            src, val = row[0].strip(), row[1].strip()
-            try:
-                score = float(val)
-            except ValueError:
-                if not rows and lineno == 1:
-                    continue  # a header
-                raise TrainError(f"{path}:{lineno}: the score {val!r} is not a number.") from None
-            if not math.isfinite(score):
-                raise TrainError(f"{path}:{lineno}: the score {val!r} is not finite.")
-            if not os.path.isabs(src) and not os.path.exists(src):
-                src = str(path.parent / src)
-            rows.append((audio.AudioEntry(src, src), score))
-    if len(rows) < 3:
-        raise TrainError(f"{path}: {len(rows)} labelled clips; a correlation needs at least 3.")
-    return rows
-
-
-def _load16k(entry: audio.AudioEntry) -> torch.Tensor:
-    x, sr = entry.read()
-    if not bool(torch.isfinite(x).all()):
-        raise audio.AudioError(f"{entry.source}: the file holds NaN/Inf samples; clean or remove it.")
-    return audio.resample(x, sr, SAMPLE_RATE)
-
-
-def _seed_of(*parts: int) -> int:
-    """A 63-bit seed derived from integers (seed, stream, index), stable across runs."""
-    h = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).hexdigest()
-    return int(h[:15], 16)
-
-
-class _Plan:
-    """The batches, as a pure function of (seed, step): which files, where to crop, gains.
-
-    Files are drawn in epochs (a seeded permutation per epoch); so a resumed run sees
-    exactly the batches an uninterrupted one would.
-    """
-
-    def __init__(self, n_files: int, batch: int, seed: int, gain_min: float, gain_max: float) -> None:
-        self.n, self.batch, self.seed = n_files, batch, seed
-        self.gain_min, self.gain_max = gain_min, gain_max
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(_seed_of(self.seed, 1, epoch))
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return self._perms[epoch]
-
-    def files(self, step: int) -> list[int]:
-        out = []
-        for k in range(step * self.batch, (step + 1) * self.batch):
-            epoch, pos = divmod(k, self.n)
-            out.append(int(self._perm(epoch)[pos]))
-        return out
-
-    def randoms(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(crop positions in [0, 1), gains in [gain_min, gain_max]) for this step."""
-        g = torch.Generator().manual_seed(_seed_of(self.seed, 2, step))
-        where = torch.rand(self.batch, generator=g, dtype=torch.float64)
-        gains = torch.rand(self.batch, generator=g) * (self.gain_max - self.gain_min) + self.gain_min
-        return where, gains
-
-    def items(self, step: int) -> list[tuple[int, float]]:
-        where, _ = self.randoms(step)
-        return list(zip(self.files(step), where.tolist()))
-
-
-def apply_gain(batch: torch.Tensor, gains: torch.Tensor) -> torch.Tensor:
-    """Scale each crop (row) by its gain, lowered where the crop would exceed [-1, 1]."""
-    peak = batch.abs().amax(dim=1)
-    gains = torch.minimum(gains.to(batch.dtype), 1.0 / peak)  # 1/0 = inf for a silent crop
-    return batch * gains[:, None]
-
-
-class _PlanSampler(Sampler):
-    def __init__(self, plan: _Plan, start: int, stop: int) -> None:
-        self.plan, self.start, self.stop = plan, start, stop
-
-    def __iter__(self) -> Iterator[list[tuple[int, float]]]:
-        for step in range(self.start, self.stop):
-            yield self.plan.items(step)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-class _Crops(Dataset):
-    """(file index, position in [0, 1)) -> a crop of ``length`` samples at 16 kHz."""
-
-    def __init__(self, entries: Sequence[audio.AudioEntry], length: int) -> None:
-        self.entries, self.length = list(entries), int(length)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, item: tuple[int, float]) -> torch.Tensor:
-        idx, where = item
-        x = _load16k(self.entries[idx])
-        if x.shape[0] <= self.length:
-            return torch.nn.functional.pad(x, (0, self.length - x.shape[0]))
-        start = min(int(where * (x.shape[0] - self.length + 1)), x.shape[0] - self.length)
-        return x[start : start + self.length].clone()
-
-
 # ----------------------------------------------------------------------------- the recipe
 
 
-class _Recipe:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self.out = Path(args.out)
-        self.device = pick_device(args.device)
-        for name in ("steps", "batch_size", "valid_max_files", "kmeans_iters", "codebook_size", "codebook_dim"):
-            if getattr(args, name) < 1:
-                raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-        if args.crop_seconds * SAMPLE_RATE <= 512:
-            raise TrainError(f"--crop-seconds {args.crop_seconds} is too short (at least 0.04 s).")
-        if not 0 < args.gain_min <= args.gain_max:
-            raise TrainError(f"need 0 < --gain-min <= --gain-max, got {args.gain_min} and {args.gain_max}.")
-        if not 0.0 <= args.decay < 1.0:
-            raise TrainError(f"--decay must be in [0, 1), got {args.decay}.")
+class _VQScore(RecipeModule):
+    recipe = "vqscore"
 
-    # -- model and state ----------------------------------------------------------
+    def __init__(self, args: argparse.Namespace, model: VQScoreModel, rng: torch.Tensor, valid: list[torch.Tensor],
+                 labelled: list[torch.Tensor], labels: list[float], n_files: int) -> None:
+        super().__init__(args)
+        self.model, self.valid, self.labelled, self.labels = model, valid, labelled, labels
+        self.n_files, self.best = n_files, -math.inf
+        # the RNG of the codebook's k-means and dead codes: one stream, the same in every
+        # process, continued from the model's initialisation (kept in checkpoints)
+        self.codebook_rng = rng
 
-    def _train_options(self) -> dict[str, Any]:
+    def run_state(self) -> dict[str, Any]:
+        return {"best": self.best, "n_files": self.n_files, "config": dict(self.model.config),
+                "codebook_rng": self.codebook_rng}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        self.best = float(state.get("best", -math.inf))
+        self.codebook_rng = state["codebook_rng"]
+
+    @contextlib.contextmanager
+    def _codebook_rng(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.codebook_rng)
+            yield
+            self.codebook_rng = torch.get_rng_state()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         a = self.args
-        return {"decay": a.decay, "kmeans_iters": a.kmeans_iters, "dead_code_threshold": a.dead_code_threshold}
+        return torch.optim.Adam(self.model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
 
-    def _fresh_model(self) -> VQScoreModel:
-        a = self.args
-        if a.init:
-            if a.init in hub.CARDS:
-                return VQScoreModel.from_pretrained(card=a.init, **self._train_options())
-            return VQScoreModel.from_pretrained(checkpoint=a.init, **self._train_options())
-        return VQScoreModel(codebook_size=a.codebook_size, codebook_dim=a.codebook_dim, channels=a.channels,
-                            kmeans_init=True, **self._train_options())
+    def on_train_start(self) -> None:  # a resumed run: the options given now win (lr schedules by hand)
+        for group in self.trainer.optimizers[0].param_groups:
+            group.update(lr=self.args.lr, betas=tuple(self.args.betas), weight_decay=self.args.weight_decay)
 
-    def _check_resumable(self, state: dict[str, Any], entries: int) -> None:
-        old = state.get("args", {})
-        for key in FIXED_ON_RESUME + (["init"] if old.get("init") else
-                                      ["codebook_size", "codebook_dim", "channels"]):
-            new = plain_args(self.args).get(key)
-            if key in old and old[key] != new:
-                raise TrainError(
-                    f"--{key.replace('_', '-')} was {old[key]!r} in the run being resumed ({self.out}) "
-                    f"and is {new!r} now; resume with the same value, or start a new run (--overwrite "
-                    "or another --out)."
-                )
-        for key, value in self._train_options().items():
-            if state["config"].get(key) != value:
-                raise TrainError(
-                    f"--{key.replace('_', '-')} was {state['config'].get(key)!r} in the run being resumed "
-                    f"and is {value!r} now; resume with the same value."
-                )
-        if state.get("n_files") != entries:
-            print(f"torchmos train vqscore: warning: the run started with {state.get('n_files')} clean files, "
-                  f"now {entries}; batches will differ from an uninterrupted run.", file=sys.stderr)
+    def training_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        """The model's training pass, with the codebook maintained (k-means init, EMA,
+        dead codes) from the frames of every process, so that it stays one codebook."""
+        a, model, cb = self.args, self.model, self.model.codebook
+        mag, mask = model.spectrogram(list(x))
+        assert mask is None  # crops of one length
+        z = model.encode(mag)
+        frames = F.normalize(z.detach().float().transpose(1, 2).reshape(-1, z.shape[1]), dim=-1)
+        every = self.gather(frames)
+        if not cb.is_initialised:
+            with self._codebook_rng():
+                cb._kmeans_init(every)
+        zq, codes, commit = model.quantize(z, update=False, straight_through=True)
+        with self._codebook_rng():
+            cb._ema_update(every, self.gather(codes.flatten()))
+            cb._expire_codes(every)
+        recon_cos = frame_cosine(mag, model.decode(zq)).mean()
+        loss = a.commit_weight * commit + a.recon_weight * (1.0 - recon_cos)
+        self.check_finite(loss)
+        self.log_train({"loss": loss.detach(), "commit": commit.detach(), "recon_cos": recon_cos.detach(),
+                        "usage_perplexity": cb.usage_perplexity()})
+        return loss * self.share(x.shape[0], a.batch_size)
 
-    def _save_state(self, model: VQScoreModel, opt: torch.optim.Optimizer, step: int, best: float,
-                    elapsed: float, n_files: int) -> None:
-        ckpt = model.checkpoint(meta={"step": step, "recipe": "torchmos.training.vqscore"})
-        ckpt["train"] = {
-            "version": STATE_VERSION,
-            "step": step,
-            "optimizer": opt.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "best": best,
-            "elapsed": elapsed,
-            "n_files": n_files,
-            "args": plain_args(self.args),
-            "config": dict(model.config),
-        }
-        save_atomic(ckpt, self.out / "last.pt")
+    # -- validation: clean clips, then labelled ones (index >= len(valid)) ----------------
 
-    # -- validation ----------------------------------------------------------------
+    def validation_step(self, i: int, batch_idx: int) -> None:
+        model, n = self.model, len(self.valid)
+        if not 0 <= i < n + len(self.labelled):
+            return
+        if i < n:
+            mag, _ = model.spectrogram([self.valid[i].to(self.device)])
+            z = model.encode(mag)
+            zq, codes, _ = model.quantize(z)
+            counts = torch.bincount(codes.flatten().cpu(), minlength=model.codebook.size).double()
+            self._rows.append([i, float(frame_cosine(z, zq)), float(frame_cosine(mag, model.decode(zq))), *counts])
+        else:
+            score = float(model([self.labelled[i - n].to(self.device)])[0])
+            self._rows.append([i, score, 0.0] + [0.0] * model.codebook.size)
 
-    def _validation_sets(self, entries: list[audio.AudioEntry]) -> None:
-        a = self.args
-        valid = audio.find_audio(a.valid) if a.valid else entries[: min(16, len(entries))]
-        self.valid_clips = [_load16k(e)[: int(VALID_MAX_SECONDS * SAMPLE_RATE)] for e in valid[: a.valid_max_files]]
-        self.valid_clips = [c for c in self.valid_clips if c.shape[0] > 512]
-        self.labelled: list[torch.Tensor] = []
-        self.labels: list[float] = []
-        if a.valid_labels:
-            for entry, score in read_labels(a.valid_labels):
-                clip = _load16k(entry)
-                if clip.shape[0] <= 512:
-                    raise TrainError(f"{entry.source}: too short to score ({clip.shape[0]} samples at 16 kHz).")
-                self.labelled.append(clip)
-                self.labels.append(score)
-
-    @torch.no_grad()
-    def _validate(self, model: VQScoreModel) -> dict[str, Any]:
-        model.eval()
-        res: dict[str, Any] = {"usage_perplexity": model.codebook.usage_perplexity()}
-        if self.valid_clips:
-            counts = torch.zeros(model.codebook.size, dtype=torch.long)
-            vq, rc = [], []
-            for clip in self.valid_clips:
-                mag, _ = model.spectrogram([clip.to(self.device)])
-                z = model.encode(mag)
-                zq, codes, _ = model.quantize(z)
-                vq.append(float(frame_cosine(z, zq)))
-                rc.append(float(frame_cosine(mag, model.decode(zq))))
-                counts += torch.bincount(codes.flatten().cpu(), minlength=model.codebook.size)
-            res.update(val_vqscore=sum(vq) / len(vq), val_recon_cos=sum(rc) / len(rc),
+    def on_validation_epoch_end(self) -> None:
+        size, n = self.model.codebook.size, len(self.valid)
+        rows = torch.tensor(self._rows, dtype=torch.float64).reshape(-1, 3 + size)
+        rows = self.gather(rows.to(self.device)).cpu()
+        rows = rows[rows[:, 0].argsort()]
+        clean, noisy = rows[rows[:, 0] < n], rows[rows[:, 0] >= n]
+        res: dict[str, Any] = {"usage_perplexity": self.model.codebook.usage_perplexity()}
+        if len(clean):
+            counts = clean[:, 3:].sum(0)
+            res.update(val_vqscore=float(clean[:, 1].mean()), val_recon_cos=float(clean[:, 2].mean()),
                        val_perplexity=_perplexity(counts), val_codes_used=int((counts > 0).sum()))
-        if self.labelled:
-            scores = model([c.to(self.device) for c in self.labelled]).cpu()
+        if len(noisy):
+            scores = noisy[:, 1]
             res.update(val_pearson=pearson(scores, self.labels), val_spearman=spearman(scores, self.labels),
                        val_n=len(self.labels))
-        model.train()
-        return res
+        self.log_eval(res)
+        if self.labelled and res["val_pearson"] == res["val_pearson"] and res["val_pearson"] > self.best:
+            self.best = float(res["val_pearson"])
+            if self.trainer.is_global_zero:
+                self.model.save(Path(self.args.out) / "vqscore.pt",
+                                meta={"step": self.global_step, "val_pearson": self.best,
+                                      "val_spearman": res["val_spearman"]})
+        self.report(res)
 
-    # -- the loop --------------------------------------------------------------------
 
-    def fit(self) -> int:
-        a = self.args
-        last = self.out / "last.pt"
-        if last.exists() and not (a.resume or a.overwrite):
-            raise TrainError(f"{self.out} already holds a run (last.pt): pass --resume to continue it, "
-                             "--overwrite to start afresh, or choose another --out.")
-        self.out.mkdir(parents=True, exist_ok=True)
-        if a.overwrite and not (a.resume and last.exists()):  # no stale model of the older run
-            for stale in ("vqscore.pt", "vqscore_last.pt", "last.pt"):
-                (self.out / stale).unlink(missing_ok=True)
-        if a.threads:
-            torch.set_num_threads(a.threads)
-        entries = audio.find_audio(a.clean)
-        if not entries:
-            raise TrainError(f"no clean audio found in {' '.join(a.clean)}.")
-        self._validation_sets(entries)
-        crop = int(round(a.crop_seconds * SAMPLE_RATE))
-        plan = _Plan(len(entries), a.batch_size, a.seed, a.gain_min, a.gain_max)
+def _train_options(a: argparse.Namespace) -> dict[str, Any]:
+    return {"decay": a.decay, "kmeans_iters": a.kmeans_iters, "dead_code_threshold": a.dead_code_threshold}
 
+
+def _model(a: argparse.Namespace, state: dict[str, Any]) -> tuple[VQScoreModel, torch.Tensor]:
+    """The model to train, and the RNG state after building it from ``--seed``."""
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(a.seed)
-        state = None
-        if a.resume and last.exists():
-            ckpt = hub.load_checkpoint(last)
-            state = ckpt.get("train")
-            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-                raise TrainError(f"{last}: not a resumable torchmos VQScore training state.")
-            self._check_resumable(state, len(entries))
-            model = VQScoreModel.from_checkpoint(ckpt, source=str(last))
-        else:
-            model = self._fresh_model()
-        model.to(self.device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
-        start, best, elapsed0 = 0, -math.inf, 0.0
-        if state is not None:
-            opt.load_state_dict(state["optimizer"])
-            for group in opt.param_groups:  # the options given now win (lr schedules by hand)
-                group.update(lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
-            start, best, elapsed0 = int(state["step"]), float(state["best"]), float(state["elapsed"])
-        (self.out / "args.json").write_text(json.dumps(plain_args(a), indent=2, default=str) + "\n")
-        log = CsvLog(self.out / "metrics.csv", COLUMNS, keep_until=start if state is not None else None)
+        return _build(a, state), torch.get_rng_state()
 
-        loader = DataLoader(_Crops(entries, crop), batch_sampler=_PlanSampler(plan, start, a.steps),
-                            num_workers=a.workers, collate_fn=torch.stack, generator=torch.Generator())
-        if state is not None:  # after everything that might draw from the global RNG
-            torch.set_rng_state(state["rng"])
-            if state.get("cuda_rng") and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
 
-        from tqdm.auto import tqdm
+def _build(a: argparse.Namespace, state: dict[str, Any]) -> VQScoreModel:
+    """As in the run being resumed (its weights come with the checkpoint), from
+    ``--init``, or fresh."""
+    if state:
+        for key, value in _train_options(a).items():
+            if state["config"].get(key) != value:
+                raise TrainError(f"--{key.replace('_', '-')} was {state['config'].get(key)!r} in the run being "
+                                 f"resumed and is {value!r} now; resume with the same value.")
+        return VQScoreModel(**state["config"])
+    if a.init:
+        if a.init in hub.CARDS:
+            return VQScoreModel.from_pretrained(card=a.init, **_train_options(a))
+        return VQScoreModel.from_pretrained(checkpoint=a.init, **_train_options(a))
+    return VQScoreModel(codebook_size=a.codebook_size, codebook_dim=a.codebook_dim, channels=a.channels,
+                        kmeans_init=True, **_train_options(a))
 
-        bar = tqdm(total=a.steps, initial=start, desc="vqscore", unit="step",
-                   disable=True if a.no_progress else None, dynamic_ncols=True)
-        t0 = time.monotonic()
-        sums = {"loss": 0.0, "commit": 0.0, "recon_cos": 0.0}
-        count = 0
-        step = start
-        labelled = bool(self.labelled)
-        try:
-            for batch in loader:
-                x = apply_gain(batch, plan.randoms(step)[1]).to(self.device)
-                out = model.forward_train(x)
-                recon_cos = frame_cosine(out.mag, out.recon, out.mask).mean()
-                loss = a.commit_weight * out.commit_loss + a.recon_weight * (1.0 - recon_cos)
-                if not bool(torch.isfinite(loss)):
-                    raise TrainError(f"the loss became {float(loss)} at step {step + 1}; lower --lr "
-                                     "(or --grad-clip) and resume from the last checkpoint.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if a.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)
-                opt.step()
-                step += 1
-                sums["loss"] += float(loss.detach())
-                sums["commit"] += float(out.commit_loss.detach())
-                sums["recon_cos"] += float(recon_cos.detach())
-                count += 1
-                bar.update(1)
-                elapsed = elapsed0 + time.monotonic() - t0
-                row: dict[str, Any] = {}
-                if step % a.log_every == 0 or step == a.steps:
-                    row = {k: v / count for k, v in sums.items()}
-                    row["usage_perplexity"] = model.codebook.usage_perplexity()
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", cos=f"{row['recon_cos']:.3f}",
-                                    ppl=f"{row['usage_perplexity']:.0f}")
-                    sums = dict.fromkeys(sums, 0.0)
-                    count = 0
-                if (a.val_every and step % a.val_every == 0) or step == a.steps:
-                    val = self._validate(model)
-                    row.update(val)
-                    bar.write(f"step {step}: " + ", ".join(
-                        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in val.items()))
-                    if labelled and val["val_pearson"] == val["val_pearson"] and val["val_pearson"] > best:
-                        best = float(val["val_pearson"])
-                        model.save(self.out / "vqscore.pt", meta={"step": step, "val_pearson": best,
-                                                                  "val_spearman": val["val_spearman"]})
-                if row:
-                    row.update(step=step, time_s=round(elapsed, 2), lr=opt.param_groups[0]["lr"])
-                    log.write(row)
-                if (a.save_every and step % a.save_every == 0) or step == a.steps:
-                    self._save_state(model, opt, step, best, elapsed, len(entries))
-        finally:
-            bar.close()
-        final = "vqscore_last.pt" if labelled else "vqscore.pt"
-        if step > start or not (self.out / final).exists():
-            model.eval()
-            model.save(self.out / final, meta={"step": step})
-            if labelled and not (self.out / "vqscore.pt").exists():
-                model.save(self.out / "vqscore.pt", meta={"step": step})
-        print(f"torchmos train vqscore: step {step}; model in {self.out / 'vqscore.pt'}", file=sys.stderr)
-        return 0
+
+def _check(a: argparse.Namespace) -> None:
+    for name in ("steps", "batch_size", "valid_max_files", "kmeans_iters", "codebook_size", "codebook_dim"):
+        if getattr(a, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}.")
+    if a.crop_seconds * SAMPLE_RATE <= 512:
+        raise TrainError(f"--crop-seconds {a.crop_seconds} is too short (at least 0.04 s).")
+    if not 0 < a.gain_min <= a.gain_max:
+        raise TrainError(f"need 0 < --gain-min <= --gain-max, got {a.gain_min} and {a.gain_max}.")
+    if not 0.0 <= a.decay < 1.0:
+        raise TrainError(f"--decay must be in [0, 1), got {a.decay}.")
+
+
+def _fit(a: argparse.Namespace) -> int:
+    _check(a)
+    fixed = FIXED_ON_RESUME + (["init"] if a.init else ["codebook_size", "codebook_dim", "channels"])
+    run = Run(a, "vqscore", fixed, OUTPUTS)
+    entries = audio.find_audio(a.clean)
+    if not entries:
+        raise TrainError(f"no clean audio found in {' '.join(a.clean)}.")
+    if run.state and run.state.get("n_files") != len(entries):
+        print(f"torchmos train vqscore: warning: the run started with {run.state.get('n_files')} clean files, "
+              f"now {len(entries)}; batches will differ from an uninterrupted run.", file=sys.stderr)
+    valid = audio.find_audio(a.valid) if a.valid else entries[: min(16, len(entries))]
+    clips = [c for c in (load16k(e)[: int(VALID_MAX_SECONDS * SAMPLE_RATE)] for e in valid[: a.valid_max_files])
+             if c.shape[0] > 512]
+    labelled, labels = [], []
+    for entry, score in read_labels(a.valid_labels) if a.valid_labels else []:
+        clip = load16k(entry)
+        if clip.shape[0] <= 512:
+            raise TrainError(f"{entry.source}: too short to score ({clip.shape[0]} samples at 16 kHz).")
+        labelled.append(clip)
+        labels.append(score)
+    module = _VQScore(a, *_model(a, run.state), clips, labelled, labels, len(entries))
+    plan = Plan(len(entries), a.batch_size, a.seed, a.gain_min, a.gain_max)
+    data = StepData(StepBatches(plan, Crops(entries, int(round(a.crop_seconds * SAMPLE_RATE)))), a.steps,
+                    a.val_every, a.workers, n_valid=max(1, len(clips) + len(labelled)))
+    trainer = run.trainer(max_steps=a.steps, save_every_steps=a.save_every, clip=a.grad_clip)
+    run.fit(trainer, module, data)
+    save_final(trainer, module.model, run.out, "vqscore", "vqscore.pt", "vqscore_last.pt" if labelled else None,
+               selected=bool(labelled))
+    return 0
