@@ -30,7 +30,7 @@ SRC = Path(torchmos.__file__).parent
 # CLI are on top, beside the adapters and the training recipes.
 FLOORS = {"audio": 0, "hub": 0, "synth": 0, "models": 1, "losses": 1, "stats": 1, "_stats_core": 1,
           "_stats_text": 1, "_score_table": 1, "_svg": 1, "functional": 2, "metrics": 3, "adapters": 4,
-          "cli": 4, "cli_compare": 4, "report": 4, "training": 4, "": 4}
+          "cli": 4, "cli_compare": 4, "cli_score": 4, "report": 4, "training": 4, "": 4}
 
 
 def module_files(root: Path, package: str = "torchmos") -> dict[str, Path]:
