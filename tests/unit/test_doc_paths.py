@@ -11,13 +11,15 @@ file leaves such a pointer dangling; this test finds them all:
   something);
 * the targets of Markdown links and images that are not URLs, resolved from the page.
 
-Paths with a placeholder (``<corpus>``, ``{set}``, ``$dir``) and build outputs
-(``docs/_build``) are not checked.
+Paths with a placeholder (``<corpus>``, ``{set}``, ``$dir``) and build outputs (what
+``.gitignore`` ignores, such as the figures ``docs/make_figures.py`` draws and
+``docs/_build``) are not checked: a clean checkout does not have them.
 """
 
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,24 @@ _TOPS = "|".join(re.escape(t) for t in TOP if t != "README.md")
 TOKEN = re.compile(rf"(?<![\w./-])(?:{_TOPS})(?:/[\w.*-]+)*/?")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 PLACEHOLDER = re.compile(r"[<>{}$]")
+
+
+def _ignore_patterns() -> list[tuple[bool, str]]:
+    lines = (ROOT / ".gitignore").read_text().splitlines() if (ROOT / ".gitignore").exists() else []
+    return [(ln.startswith("!"), ln.lstrip("!").strip("/")) for ln in map(str.strip, lines)
+            if ln and not ln.startswith("#")]
+
+
+def generated(rel: str, patterns: list[tuple[bool, str]] | None = None) -> bool:
+    """Whether ``.gitignore`` ignores ``rel`` (a build output), its last matching line deciding."""
+    ignored = False
+    parts = rel.strip("/").split("/")
+    for negated, pattern in _ignore_patterns() if patterns is None else patterns:
+        anchored = "/" in pattern
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if (any(fnmatch(p, pattern) for p in prefixes) if anchored else any(fnmatch(p, pattern) for p in parts)):
+            ignored = not negated
+    return ignored
 
 
 def _documents() -> list[Path]:
@@ -49,6 +69,8 @@ def dangling(doc: Path) -> list[str]:
             rest = line[m.end():m.end() + 1]
             if "/" not in path or PLACEHOLDER.search(rest) or "_build" in path:
                 continue  # a bare folder name in prose, or a path that goes on with a placeholder
+            if generated(path):
+                continue
             if not (any(ROOT.glob(path.rstrip("/"))) if "*" in path else (ROOT / path).exists()):
                 missing.append(f"line {n}: {path}")
         if doc.suffix != ".md":
@@ -57,7 +79,11 @@ def dangling(doc: Path) -> list[str]:
             target = m.group(1).split("#", 1)[0]
             if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target) or PLACEHOLDER.search(target):
                 continue  # a URL, a mailto:, an anchor on this page
-            if not (doc.parent / target).exists():
+            resolved = (doc.parent / target).resolve()
+            inside = resolved.is_relative_to(ROOT)
+            if inside and generated(resolved.relative_to(ROOT).as_posix()):
+                continue
+            if not resolved.exists():
                 missing.append(f"line {n}: ({target})")
     return missing
 
@@ -76,6 +102,14 @@ def test_the_scan_finds_a_dangling_path(tmp_path: Path):
     page.write_text("See `tests/unit/test_no_such_file.py`, [this](no-such-page.md),\n"
                     "`tests/unit/test_doc_paths.py`, `egs2/<corpus>/tts1` and `benchmarks/results/*.json`.\n")
     assert dangling(page) == ["line 1: tests/unit/test_no_such_file.py", "line 1: (no-such-page.md)"]
+
+
+def test_build_outputs_are_told_apart_by_gitignore():
+    patterns = [(False, "docs/_static/*.png"), (True, "docs/_static/report.png"), (False, "_build")]
+    assert generated("docs/_static/scoreq_loss.png", patterns)
+    assert not generated("docs/_static/report.png", patterns)
+    assert generated("docs/_build/html/index.html", patterns)
+    assert not generated("docs/cli.md", patterns)
 
 
 @pytest.mark.parametrize("doc", DOCUMENTS, ids=[p.relative_to(ROOT).as_posix() for p in DOCUMENTS])
