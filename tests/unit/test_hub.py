@@ -551,3 +551,18 @@ def test_cache_dir(monkeypatch, tmp_path):
 
 def test_local_status_missing(tmp_home):
     assert local_status(card(["http://127.0.0.1:9/w.pt"])) == "missing"
+
+
+def test_local_file_looks_the_package_up_once(monkeypatch, tmp_home):
+    """Model lookups stat the weight file on every call; the package's location is found
+    once per process (importlib.metadata walks sys.path), the file's presence every time."""
+    from torchmos.hub import download, local_file
+
+    download._located.cache_clear()
+    calls = []
+    real = importlib.metadata.distribution
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: calls.append(name) or real(name))
+    first = local_file("distillmos")
+    assert first is not None and first.is_file() and local_file("distillmos") == first
+    assert calls == ["distillmos"]
+    assert local_file(card(["http://127.0.0.1:9/w.pt"])) is None

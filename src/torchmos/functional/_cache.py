@@ -97,12 +97,9 @@ def _weights_stamp(name: str, checkpoint: str | None) -> tuple[str, int, int] | 
     in :func:`torchmos.hub.resolve`'s order. ``None`` if there is none yet (a download)."""
     path: Any = checkpoint
     if path is None:
-        card = hub.CARDS.get(name)
-        if card is None or card.weights is None:
+        if name not in hub.CARDS:
             return None
-        path = hub.download._cache_path(card)
-        if not path.is_file():
-            path = hub._package_path(card.weights)
+        path = hub.local_file(name)
     try:
         st = os.stat(path) if path is not None else None
     except OSError:

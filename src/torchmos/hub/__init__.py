@@ -45,7 +45,7 @@ from .cards import CARDS, ModelCard, WeightFile, get_card, list_cards, register
 from .checkpoint import load_checkpoint, save_atomic
 from .download import CHECKPOINT_HINT as CHECKPOINT_HINT
 from .download import _package_path as _package_path
-from .download import cache_dir, check_file, forget, local_status, resolve
+from .download import cache_dir, check_file, forget, local_file, local_status, resolve
 from .integrity import HubError, sha256sum
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "get_card",
     "list_cards",
     "load_checkpoint",
+    "local_file",
     "local_status",
     "register",
     "resolve",

@@ -3,6 +3,7 @@ lock and a checksum). Nothing else in torchmos touches the network or the cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import importlib.metadata
@@ -53,13 +54,33 @@ def _cache_path(card: ModelCard) -> Path:
 def _package_path(wf: WeightFile) -> Path | None:
     if wf.package is None:
         return None
-    dist_name, rel = wf.package
+    p = _located(*wf.package)
+    return p if p is not None and p.is_file() else None
+
+
+@functools.lru_cache(maxsize=64)
+def _located(dist_name: str, rel: str) -> Path | None:
+    """Where an installed distribution keeps ``rel`` (looked up once per process: the
+    metadata scan walks ``sys.path``, and model lookups ask on every call)."""
     try:
         dist = importlib.metadata.distribution(dist_name)
     except importlib.metadata.PackageNotFoundError:
         return None
-    p = Path(str(dist.locate_file(rel)))
-    return p if p.is_file() else None
+    return Path(str(dist.locate_file(rel)))
+
+
+def local_file(card: str | ModelCard) -> Path | None:
+    """The weight file a :func:`resolve` of ``card`` would use now without downloading
+    (the cache, then the installed package), found without reading it; ``None`` if none.
+
+    >>> local_file("distillmos").name
+    'distill_mos_v7.pt'
+    """
+    card = get_card(card)
+    if card.weights is None:
+        return None
+    cached = _cache_path(card)
+    return cached if cached.is_file() else _package_path(card.weights)
 
 
 # ----------------------------------------------------------------------------- resolver
@@ -249,9 +270,8 @@ def local_status(card: str | ModelCard) -> str:
     card = get_card(card)
     if card.weights is None:
         return "train your own"
-    if _cache_path(card).is_file():
-        return "cache"
-    if _package_path(card.weights) is not None:
-        return "package"
-    return "missing"
+    found = local_file(card)
+    if found is None:
+        return "missing"
+    return "cache" if found == _cache_path(card) else "package"
 
