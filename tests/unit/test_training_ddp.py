@@ -109,9 +109,16 @@ def test_two_processes_train_as_one_does(recipe: str, data: dict[str, Path], tmp
     one = train(recipe, data, tmp_path / "one", full, devices=1)["state_dict"]
     init = train(recipe, data, tmp_path / "init", full, "--lr" if recipe == "vqscore" else "--lr-encoder", "0",
                  devices=1)["state_dict"]
-    moved = max(float((one[k] - init[k]).abs().max()) for k in one if one[k].is_floating_point())
-    off = max(float((one[k] - two[k]).abs().max()) for k in one if one[k].is_floating_point())
-    assert moved > 1e-4 and off < 1e-3 * moved, (moved, off)
+    # Norms over all the weights, not the largest element: Adam divides each gradient by its
+    # own running size, so the few weights whose gradient is only rounding noise (about 0)
+    # take steps that depend on that noise. On torch 2.11 / transformers 5.4 one such SCOREQ
+    # weight ended 13 % of a step apart while the whole differed by 1.1e-3 of the distance
+    # moved (6.9e-5 on the newest versions); a wrong split of the batch or of the gradient
+    # between the processes differs by the order of the distance itself.
+    floats = [k for k in one if one[k].is_floating_point()]
+    moved = sum(float((one[k] - init[k]).double().pow(2).sum()) for k in floats) ** 0.5
+    off = sum(float((one[k] - two[k]).double().pow(2).sum()) for k in floats) ** 0.5
+    assert moved > 1e-3 and off < 1e-2 * moved, (moved, off)
 
 
 def test_train_without_lightning_says_how_to_install_it(tmp_path: Path) -> None:
