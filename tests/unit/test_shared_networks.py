@@ -130,6 +130,16 @@ def test_a_metric_built_under_bf16_gets_a_full_precision_network(scoreq_file, cl
     torch.testing.assert_close(m.compute()["scores"], F.scoreq_nr(clips, checkpoint=scoreq_file, backbone_config=TINY))
 
 
+def test_a_network_first_loaded_under_inference_mode_serves_every_later_caller(scoreq_file, clips):
+    F._clear_cache()
+    with torch.inference_mode():  # an adapter or a user scoring inside inference_mode
+        first = F.scoreq_nr(clips, checkpoint=scoreq_file, backbone_config=TINY)
+    (net,) = _cache._models.values()  # the network the call above loaded
+    assert not any(p.is_inference() for p in net.parameters())
+    # an ordinary caller (no inference mode) gets the same network and the same scores
+    torch.testing.assert_close(F.scoreq_nr(clips, checkpoint=scoreq_file, backbone_config=TINY), first)
+
+
 class _Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -125,8 +125,9 @@ def _cached(base: _Key, name: str, checkpoint: str | None, sha256: str | None, d
                 return model
         try:
             # built as it is meant to run, whatever the caller's context (an autocast, a bf16
-            # default dtype, a default device such as Lightning's init_module() sets)
-            with full_precision(device), torch.device("cpu"):
+            # default dtype, a default device such as Lightning's init_module() sets, or an
+            # inference_mode: its parameters would be inference tensors, for every later caller)
+            with full_precision(device), torch.device("cpu"), torch.inference_mode(False):
                 model = _frozen(models.load(name, checkpoint=checkpoint, sha256=sha256, **options).to(device))
         except BaseException:  # a failed load is not cached; the next caller tries again
             with _lock:
