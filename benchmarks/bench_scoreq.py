@@ -9,6 +9,10 @@ torchmos (``ScoreqModel.from_pretrained(checkpoint=...)``) load that file.
 
     python benchmarks/bench_scoreq.py                        # 2 threads, 10 clips of 2-15 s
     python benchmarks/bench_scoreq.py --threads 2 --rounds 3 --clips 10 --json out.json
+    python benchmarks/bench_scoreq.py --setting avx2 --json benchmarks/results/scoreq_avx2.json
+
+``--setting avx2`` re-runs the measurement in a process capped at AVX2 + FMA (the common
+x86 CPU; benchmarks/cpu_settings.py); the results record the caps and the CPU's flags.
 
 Methods: the port file by file (its ``score()``, under no_grad); torchmos fp32 file by
 file; torchmos fp32 given the whole list in one call (on a CPU only clips of equal padded
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -30,7 +35,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from common import corpus, real_speech
+from common import corpus, provenance, real_speech
+from cpu_settings import SETTINGS, cpu_flags
 
 from torchmos.models.scoreq import HOP, ScoreqModel
 
@@ -66,7 +72,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clips", type=int, default=10)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--setting", default=None, choices=list(SETTINGS),
+                    help="re-run under this CPU setting (default: the environment as it is)")
     args = ap.parse_args()
+    if args.setting is not None:
+        import subprocess
+        import sys
+
+        env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                                "MKL_ENABLE_INSTRUCTIONS")}
+        env.update(SETTINGS[args.setting])
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        argv = [a for i, a in enumerate(sys.argv[1:]) if a != "--setting" and sys.argv[i] != "--setting"]
+        raise SystemExit(subprocess.call([sys.executable, __file__, *argv], env=env))
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
 
@@ -118,7 +136,10 @@ def main() -> None:
     info = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "corpus_seconds": round(audio_s, 1), "clips": len(clips), "rounds": args.rounds,
-            "real_speech_files": len(real), "architecture": "wav2vec 2.0 BASE (Wav2Vec2Config()), random weights"}
+            "real_speech_files": len(real), "architecture": "wav2vec 2.0 BASE (Wav2Vec2Config()), random weights",
+            "cpu_caps_env": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                            "MKL_ENABLE_INSTRUCTIONS", "OMP_WAIT_POLICY")},
+            "cpu_flags": cpu_flags()}
     print(f"\nSCOREQ NR, {info['clips']} clips / {info['corpus_seconds']} s of audio (2-15 s each), "
           f"{args.threads} threads, median of {args.rounds} interleaved rounds; torch {info['torch']}, "
           f"CPU capability {info['cpu_capability']}; errors also over {len(real)} real speech files\n")
@@ -128,7 +149,7 @@ def main() -> None:
         print(f"| {r['method']} | {r['median_s']:.2f} | {r['x_realtime']:.1f} | {r['speed_vs_port']:.2f}x | "
               f"{r['max_abs_mos_diff']:.1e} | {r['max_abs_mos_diff_real']:.1e} | {r['max_abs_embedding_diff']:.1e} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"provenance": provenance(), "info": info, "rows": rows}, indent=2))
     ckpt.unlink()
     tmp.rmdir()
 

@@ -1,0 +1,59 @@
+"""CPU settings the benchmarks measure under, each in its own process.
+
+The common x86 CPU has AVX2 and FMA only. On a CPU with AVX-512 (and AVX512-BF16) it is
+emulated by capping every library torch calls before torch is imported: ATen's kernels
+(``ATEN_CPU_CAPABILITY``), oneDNN's convolutions (``ONEDNN_MAX_CPU_ISA``) and MKL's GEMMs
+(``MKL_ENABLE_INSTRUCTIONS``). Native bf16 needs AVX512-BF16 or AMX, so under the AVX2
+cap oneDNN reports none and ``precision="bf16"`` falls back to fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SETTINGS: dict[str, dict[str, str]] = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "native": {},
+}
+_CAPPED = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_flags() -> list[str]:
+    """The vector-extension flags of /proc/cpuinfo (what the CPU has, whatever the caps)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split()
+                              if f.startswith(("avx", "amx", "fma", "sse4", "f16c")))
+    except OSError:
+        pass
+    return []
+
+
+def run_child(script: str, setting: str, args: list[str]) -> dict:
+    """Run ``script --child ARGS`` under ``setting``; it prints one JSON object last."""
+    env = {k: v for k, v in os.environ.items() if k not in _CAPPED}
+    env.update(SETTINGS[setting])
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    out = subprocess.run([sys.executable, script, "--child", *args], env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"{Path(script).name} under {setting!r} failed (exit {out.returncode}).")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["setting"] = {"name": setting, "env": SETTINGS[setting],
+                         "OMP_WAIT_POLICY": env["OMP_WAIT_POLICY"]}
+    return result
+
+
+def child_info() -> dict:
+    """What the child process sees: torch's CPU capability and whether bf16 is native."""
+    import torch
+
+    from torchmos.models.distillmos import bf16_supported
+
+    return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_supported(),
+            "threads": torch.get_num_threads()}
