@@ -1,4 +1,6 @@
-"""Training objectives: the SCOREQ contrastive-regression loss and its L2 baseline.
+"""Training objectives: the SCOREQ contrastive-regression loss and its L2 baseline, and
+predicted quality as a differentiable loss on waveforms (:class:`MOSLoss`, defined in
+:mod:`torchmos.losses_mos`).
 
 Losses are plain ``nn.Module`` objects with a documented reduction, usable in any
 training loop (asteroid-style).
@@ -9,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["L2MOSLoss", "ScoreqLoss", "batch_all_triplets"]
+from .losses_mos import MOSLoss
+
+__all__ = ["L2MOSLoss", "MOSLoss", "ScoreqLoss", "batch_all_triplets"]
 
 
 def batch_all_triplets(mos: Tensor) -> tuple[Tensor, Tensor]:

@@ -23,8 +23,8 @@ import torch
 
 from . import audio
 
-__all__ = ["CLEAN_MOS", "DEGRADATIONS", "MOS_MODEL", "add_noise", "apply_kind", "clip", "degrade", "dropouts", "labelled_set",
-           "lowpass", "speech_like"]
+__all__ = ["CLEAN_MOS", "DEGRADATIONS", "KINDS", "MOS_MODEL", "add_noise", "apply_kind", "clip", "degrade", "dropouts",
+           "labelled_set", "lowpass", "mulaw", "quantise", "reverb", "room_response", "speech_like"]
 
 # F1-F4 (Hz) of the vowels a, i, u, e, o, schwa, and the formant bandwidths
 _VOWELS = [[730, 1090, 2440, 3400], [270, 2290, 3010, 3700], [300, 870, 2240, 3300],
@@ -131,6 +131,53 @@ def dropouts(x: torch.Tensor, fs: int, rate: float = 0.2, frame_ms: float = 20.0
     return x * keep.to(x.dtype)
 
 
+def room_response(fs: int, rt60: float, seed: int = 0, direct: float = 1.0) -> torch.Tensor:
+    """A generated room impulse response: a unit direct path followed by Gaussian noise
+    decaying exponentially by 60 dB over ``rt60`` seconds (the statistical model of late
+    reverberation), starting 2.5 ms after the direct path; ``direct`` scales the direct path
+    (lower: more distant talker). Energy-normalised to the direct path's."""
+    if not rt60 > 0:
+        raise ValueError(f"rt60 must be positive, got {rt60}.")
+    g = torch.Generator().manual_seed(seed)
+    n = max(2, int(rt60 * fs))
+    t = torch.arange(n, dtype=torch.float64) / fs
+    tail = torch.randn(n, generator=g, dtype=torch.float64) * torch.exp(-6.9078 * t / rt60)  # ln(1000) = 6.9078
+    tail[: max(1, int(0.0025 * fs))] = 0.0
+    ir = tail * 0.3 / tail.pow(2).sum().sqrt().clamp_min(1e-12)
+    ir[0] = direct
+    return (ir / ir.pow(2).sum().sqrt()).float()
+
+
+def reverb(x: torch.Tensor, fs: int, rt60: float = 0.6, seed: int = 0, direct: float = 0.3) -> torch.Tensor:
+    """Convolve with :func:`room_response` (same length as ``x``: the tail past its end is
+    cut), keeping the clip's RMS."""
+    ir = room_response(fs, rt60, seed, direct).to(x.dtype)
+    n = x.shape[-1] + ir.shape[0] - 1
+    y = torch.fft.irfft(torch.fft.rfft(x, n) * torch.fft.rfft(ir, n), n)[..., : x.shape[-1]]
+    return y * (x.pow(2).mean() / y.pow(2).mean().clamp_min(1e-20)).sqrt()
+
+
+def mulaw(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """mu-law companding to ``bits`` bits (mu = 2**bits - 1) and back: the quantisation
+    noise of a G.711-like codec at a lower bit rate (8 bits: telephone quality)."""
+    if bits < 1:
+        raise ValueError(f"bits must be at least 1, got {bits}.")
+    mu = float(2**bits - 1)
+    peak = x.abs().max().clamp_min(1e-9)
+    u = x / peak
+    c = torch.sign(u) * torch.log1p(mu * u.abs()) / math.log1p(mu)
+    c = torch.round((c + 1) / 2 * mu) / mu * 2 - 1
+    return torch.sign(c) * torch.expm1(c.abs() * math.log1p(mu)) / mu * peak
+
+
+def quantise(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Uniform (linear PCM) quantisation to ``bits`` bits over [-1, 1]."""
+    if bits < 1:
+        raise ValueError(f"bits must be at least 1, got {bits}.")
+    step = 2.0 / 2**bits
+    return (torch.round(x / step) * step).clamp(-1.0, 1.0)
+
+
 DEGRADATIONS = {
     "clean": lambda x, fs, s: x,
     "noise_20dB": lambda x, fs, s: add_noise(x, 20.0, seed=s),
@@ -166,8 +213,19 @@ MOS_MODEL: dict[str, tuple[tuple[float, float], Any]] = {
 }
 
 
+# every kind :func:`apply_kind` knows -> its severity range, from mild to severe
+KINDS: dict[str, tuple[float, float]] = {
+    **{kind: rng for kind, (rng, _) in MOS_MODEL.items()},
+    "reverb": (0.2, 1.5),  # RT60, s
+    "mulaw": (8.0, 2.0),  # bits (rounded)
+    "quantise": (10.0, 3.0),  # bits (rounded)
+}
+
+
 def apply_kind(x: torch.Tensor, fs: int, kind: str, severity: float, seed: int = 0) -> torch.Tensor:
-    """Degrade ``x`` by one kind of :data:`MOS_MODEL` at ``severity`` (kept within [-1, 1]).
+    """Degrade ``x`` by one kind of :data:`KINDS` at ``severity`` (kept within [-1, 1]):
+    the kinds of :data:`MOS_MODEL`, reverberation (RT60 in s), mu-law or uniform
+    quantisation (bits). Deterministic for a given ``seed``; the length is kept.
 
     >>> x = speech_like(0.5, 16000, seed=1)
     >>> y = apply_kind(x, 16000, "noise", 0.0)
@@ -182,8 +240,14 @@ def apply_kind(x: torch.Tensor, fs: int, kind: str, severity: float, seed: int =
         y = lowpass(x, fs, severity)
     elif kind == "dropouts":
         y = dropouts(x, fs, severity, seed=seed)
+    elif kind == "reverb":
+        y = reverb(x, fs, severity, seed=seed)
+    elif kind == "mulaw":
+        y = mulaw(x, int(round(severity)))
+    elif kind == "quantise":
+        y = quantise(x, int(round(severity)))
     else:
-        raise KeyError(f"unknown degradation kind {kind!r}; known: {', '.join(MOS_MODEL)}")
+        raise KeyError(f"unknown degradation kind {kind!r}; known: {', '.join(KINDS)}")
     peak = float(y.abs().max())
     return y / peak * 0.99 if peak > 0.99 else y
 

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import audio, hub
+from ..models import gradients
 from ._cache import get_model
-from ._core import model_rate, resolve_device, score, score_pair
+from ._core import model_rate, prepare_pair, resolve_device, score, score_pair
 
 __all__ = ["scoreq_nr", "scoreq_ref"]
 
@@ -79,23 +80,30 @@ def reference_clips(references: Any, fs: int, card: hub.ModelCard) -> tuple[list
 
 def reference_distances(net: nn.Module, card: hub.ModelCard, preds: Any, fs: int, lengths: Any = None,
                         names: Sequence[str] | None = None, target: Any = None, target_lengths: Any = None,
-                        ref_embeddings: Tensor | None = None, who: str = "full-reference scoring") -> Tensor:
+                        ref_embeddings: Tensor | None = None, who: str = "full-reference scoring",
+                        differentiable: bool = False) -> Tensor:
     """SCOREQ distances (B,): each clip against its own ``target`` clip (full reference) or,
     without a target, the mean distance to the embeddings of a reference set. The caller
-    has checked that exactly one of ``target`` and ``ref_embeddings`` is given."""
+    has checked that exactly one of ``target`` and ``ref_embeddings`` is given. With
+    ``differentiable`` (and gradients enabled) the distances carry gradients w.r.t.
+    ``preds`` (:mod:`torchmos.models.gradients`; the references stay constants)."""
     if target is None and target_lengths is not None:
         raise ValueError("target_lengths= was given without a target.")
+    grad = differentiable and torch.is_grad_enabled()
     if target is not None:
-        return score_pair(net, card, preds, target, fs, lengths, target_lengths, names, who=who)
+        if not grad:
+            return score_pair(net, card, preds, target, fs, lengths, target_lengths, names, who=who)
+        clips, refs = prepare_pair(card, preds, target, fs, lengths, target_lengths, names, who=who)
+        return gradients.distance(net, clips, [r.detach() for r in refs])
     clips = audio.prepare(preds, fs, model_rate(card), lengths, min_seconds=card.min_seconds, names=names,
                           arg="preds")
-    return net.distance_to_set(clips, ref_embeddings)
+    return gradients.distance_to_set(net, clips, ref_embeddings) if grad else net.distance_to_set(clips, ref_embeddings)
 
 
 def scoreq_nr(preds: Any, fs: int = 16000, domain: str = "natural", lengths: Any = None,
               checkpoint: str | os.PathLike | None = None, device: str | torch.device | None = None, *,
               sha256: str | None = None, chunk_seconds: float | None = None, precision: str = "fp32",
-              backbone_config: dict[str, Any] | None = None) -> Tensor:
+              backbone_config: dict[str, Any] | None = None, differentiable: bool = False) -> Tensor:
     """SCOREQ no-reference MOS of each clip: a tensor (B,) (unbounded linear output, 1-5 scale).
 
     Args:
@@ -111,6 +119,9 @@ def scoreq_nr(preds: Any, fs: int = 16000, domain: str = "natural", lengths: Any
         precision: ``"fp32"`` (faithful) or ``"bf16"`` (opt-in autocast; error documented).
         backbone_config: ``transformers.Wav2Vec2Config`` fields for a checkpoint with
             another backbone size (your own training); the official files use the defaults.
+        differentiable: when gradients are enabled, score through the gradient path
+            (:func:`torchmos.models.gradients.mos`, each clip whole): the scores carry
+            gradients w.r.t. ``preds``. Without gradients the scores are the inference path's.
 
     >>> import os, tempfile
     >>> from torchmos.models.scoreq import ScoreqModel
@@ -124,14 +135,17 @@ def scoreq_nr(preds: Any, fs: int = 16000, domain: str = "natural", lengths: Any
     name = card_name("nr", domain, "scoreq_nr")
     model = get_model(name, checkpoint, sha256, device=resolve_device(device, preds),
                       **model_options(chunk_seconds, precision, backbone_config))
-    return score(model, hub.get_card(name), preds, fs, lengths)
+    card = hub.get_card(name)
+    if differentiable and torch.is_grad_enabled():
+        return gradients.mos(model, audio.prepare(preds, fs, model_rate(card), lengths, min_seconds=card.min_seconds))
+    return score(model, card, preds, fs, lengths)
 
 
 def scoreq_ref(preds: Any, target: Any = None, fs: int = 16000, domain: str = "natural", lengths: Any = None,
                target_lengths: Any = None, checkpoint: str | os.PathLike | None = None,
                device: str | torch.device | None = None, *, references: Any = None, sha256: str | None = None,
                chunk_seconds: float | None = None, precision: str = "fp32",
-               backbone_config: dict[str, Any] | None = None) -> Tensor:
+               backbone_config: dict[str, Any] | None = None, differentiable: bool = False) -> Tensor:
     """SCOREQ distance (B,) in [0, 2] between each clip and clean speech; lower is better.
 
     Give the clean speech one of two ways: ``target`` (full reference: ``target[b]`` is
@@ -148,7 +162,8 @@ def scoreq_ref(preds: Any, target: Any = None, fs: int = 16000, domain: str = "n
         checkpoint: a local weight file (official format) instead of the download.
         device: where to run (default: the device of ``preds``).
         references: the non-matching reference set: tensors at ``fs``, or audio files/folders.
-        sha256, chunk_seconds, precision, backbone_config: as in :func:`scoreq_nr`.
+        sha256, chunk_seconds, precision, backbone_config, differentiable: as in
+            :func:`scoreq_nr` (the distances carry gradients w.r.t. ``preds`` only).
 
     >>> import os, tempfile
     >>> from torchmos.models.scoreq import ScoreqModel
@@ -180,4 +195,4 @@ def scoreq_ref(preds: Any, target: Any = None, fs: int = 16000, domain: str = "n
     if references is not None:
         ref_embeddings = model.embed(reference_clips(references, fs, card)[0])
     return reference_distances(model, card, preds, fs, lengths, target=target, target_lengths=target_lengths,
-                               ref_embeddings=ref_embeddings, who="scoreq_ref")
+                               ref_embeddings=ref_embeddings, who="scoreq_ref", differentiable=differentiable)

@@ -32,6 +32,7 @@ from torchmetrics import Metric
 
 from .. import audio, functional, hub
 from ..functional._cache import _device_key
+from ..models import gradients
 from ._context import _lightning_logs, _own_dtypes, full_precision
 
 __all__ = ["MOSMetric"]
@@ -249,16 +250,22 @@ class MOSMetric(Metric):
         self._accumulate(scores, ids)
 
     def _scores(self, preds: Any, lengths: Any, ids: Sequence[str] | None) -> Tensor:
+        if self.is_differentiable and torch.is_grad_enabled():  # forward() of a differentiable=True metric
+            clips = audio.prepare(preds, self.fs, self.card.sample_rate, lengths, min_seconds=self.card.min_seconds,
+                                  names=ids)
+            return gradients.mos(self._net, clips)
         return functional.score(self._net, self.card, preds, self.fs, lengths, names=ids)
 
     def _accumulate(self, scores: Tensor, ids: list[str] | None) -> None:
         """Add a scored batch: every new value is built first, then the state is changed
-        by steps that cannot fail."""
+        by steps that cannot fail. A differentiable metric keeps the graph in the sum only
+        (the batch value of ``forward``; torchmetrics merges it into the state without it)."""
+        summed = scores.reshape(-1) if self.is_differentiable else scores.detach().reshape(-1)
         scores = scores.detach().reshape(-1)
         n = scores.numel()
         if ids is not None and len(ids) != n:
             raise ValueError(f"{len(ids)} ids for a batch of {n} clips; give one id per clip.")
-        new_sum = self.sum_score + scores.to(self.sum_score.device, self.sum_score.dtype).sum()
+        new_sum = self.sum_score + summed.to(self.sum_score.device, self.sum_score.dtype).sum()
         new_total = self.total + n
         if self.per_utterance:
             kept = scores.to(self.device, torch.float32)

@@ -27,6 +27,11 @@ class DistillMOS(MOSMetric):
             (opt-in and approximate: the CNN in bfloat16 on CPUs with native bf16; its speed
             and error are measured in docs/performance.md).
         per_utterance: also keep every clip's score (compute() returns a dict).
+        differentiable: score through the network's gradient path, so the value
+            ``forward`` returns carries gradients w.r.t. the audio
+            (``is_differentiable`` is then True; the accumulated state never holds a graph,
+            and ``update`` alone scores as without it). For a training loss see
+            :class:`torchmos.losses.MOSLoss`.
         kwargs: ``torchmetrics.Metric`` options.
 
     Example:
@@ -43,6 +48,8 @@ class DistillMOS(MOSMetric):
     card_name = "distillmos"
 
     def __init__(self, fs: int = 16000, checkpoint: str | os.PathLike | None = None,
-                 precision: str = "fp32", per_utterance: bool = False, **kwargs: Any) -> None:
+                 precision: str = "fp32", per_utterance: bool = False, differentiable: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(fs=fs, checkpoint=checkpoint, per_utterance=per_utterance,
                          model_kwargs={"precision": precision}, **kwargs)
+        object.__setattr__(self, "is_differentiable", bool(differentiable))  # a torchmetrics "const"

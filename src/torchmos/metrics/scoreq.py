@@ -22,6 +22,13 @@ from .base import MOSMetric, _check_ids
 __all__ = ["ScoreqNR", "ScoreqRef", "scoreq_nr", "scoreq_ref"]
 
 
+def _differentiable(flag: bool, chunk_seconds: float | None, where: str) -> bool:
+    if flag and chunk_seconds is not None:
+        raise ValueError(f"{where}: differentiable=True scores each clip whole; chunk_seconds is an "
+                         "inference option (leave it None).")
+    return bool(flag)
+
+
 class ScoreqNR(MOSMetric):
     """SCOREQ no-reference MOS (higher is better).
 
@@ -52,6 +59,9 @@ class ScoreqNR(MOSMetric):
         per_utterance: also keep every clip's score (compute() returns a dict).
         backbone_config: ``transformers.Wav2Vec2Config`` fields for a checkpoint with
             another backbone size (your own training); the official files use the defaults.
+        differentiable: ``forward`` scores through the gradient path (each clip whole), so
+            its value carries gradients w.r.t. the audio (``is_differentiable`` is then
+            True; ``update`` alone scores as without it). See :class:`torchmos.losses.MOSLoss`.
         kwargs: ``torchmetrics.Metric`` options.
 
     Example (with a randomly initialised file in the official format; real use simply
@@ -78,11 +88,12 @@ class ScoreqNR(MOSMetric):
     def __init__(self, domain: str = "natural", fs: int = 16000, checkpoint: str | os.PathLike | None = None,
                  sha256: str | None = None, chunk_seconds: float | None = None, precision: str = "fp32",
                  per_utterance: bool = False, backbone_config: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 differentiable: bool = False, **kwargs: Any) -> None:
         object.__setattr__(self, "card_name", card_name("nr", domain, type(self).__name__))
         super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
                          model_kwargs=model_options(chunk_seconds, precision, backbone_config), **kwargs)
         self.domain = domain
+        object.__setattr__(self, "is_differentiable", _differentiable(differentiable, chunk_seconds, type(self).__name__))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, chunk_seconds={self._net.chunk_seconds}"
@@ -107,7 +118,8 @@ class ScoreqRef(MOSMetric):
         fs: sample rate of the audio passed to :meth:`update` and of tensor ``references``.
         references: the non-matching reference set (see above); ``None`` for full reference.
         others: ``checkpoint``, ``sha256``, ``chunk_seconds``, ``precision``,
-            ``per_utterance``, ``backbone_config`` and ``kwargs`` are as in :class:`ScoreqNR`.
+            ``per_utterance``, ``backbone_config``, ``differentiable`` (gradients w.r.t.
+            ``preds``, the references stay constants) and ``kwargs`` are as in :class:`ScoreqNR`.
 
     Example (random-weight file in the official format; real use omits ``checkpoint=``):
 
@@ -137,11 +149,13 @@ class ScoreqRef(MOSMetric):
     def __init__(self, domain: str = "natural", fs: int = 16000, references: Any = None,
                  checkpoint: str | os.PathLike | None = None, sha256: str | None = None,
                  chunk_seconds: float | None = None, precision: str = "fp32", per_utterance: bool = False,
-                 backbone_config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+                 backbone_config: dict[str, Any] | None = None, differentiable: bool = False,
+                 **kwargs: Any) -> None:
         object.__setattr__(self, "card_name", card_name("ref", domain, type(self).__name__))
         super().__init__(fs=fs, checkpoint=checkpoint, sha256=sha256, per_utterance=per_utterance,
                          model_kwargs=model_options(chunk_seconds, precision, backbone_config), **kwargs)
         self.domain = domain
+        object.__setattr__(self, "is_differentiable", _differentiable(differentiable, chunk_seconds, type(self).__name__))
         self._ref_emb: Tensor | None = None
         self.reference_ids: list[str] = []
         if references is not None:
@@ -186,7 +200,8 @@ class ScoreqRef(MOSMetric):
                 "no target; build a ScoreqRef without references= to score against paired targets."
             )
         return reference_distances(self._net, self.card, preds, self.fs, lengths, ids, target=target,
-                                   target_lengths=target_lengths, ref_embeddings=self._ref_emb)
+                                   target_lengths=target_lengths, ref_embeddings=self._ref_emb,
+                                   differentiable=self.is_differentiable)
 
     def _scores(self, preds: Any, lengths: Any, ids: Sequence[str] | None) -> Tensor:
         return self._ref_scores(preds, None, lengths, None, ids)

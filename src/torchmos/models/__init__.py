@@ -92,7 +92,8 @@ def architecture(net: Any, family: str) -> dict[str, Any] | None:
     """``{"family", "version", "config"}``: what builds ``net`` again without its weights
     (:func:`build`), e.g. from a saved transformers directory's ``config.json``.
 
-    ``config`` is ``{}`` for DistillMOS (one fixed architecture); ``{"mode", "encoder"}``
+    ``config`` is DistillMOS's size (``channels``, ``d_model``, ``layers``, ``heads``: a
+    distilled student's may differ from the official one; ``{}`` means official); ``{"mode", "encoder"}``
     for SCOREQ (``encoder``: the wav2vec 2.0 ``config.to_dict()``); the model's own
     ``config`` for VQScore (sizes of codebook and convolutions) and MSR-UTMOS (SSL
     architecture, SFI layer, listeners), as their torchmos files store it. ``None`` for a
@@ -103,7 +104,7 @@ def architecture(net: Any, family: str) -> dict[str, Any] | None:
     ('distillmos', 'DistillMOSModel')
     """
     if family == "distillmos":
-        cfg: Any = {}
+        cfg: Any = dict(getattr(net, "size", {}))
     elif family == "scoreq":
         encoder = {k: v for k, v in net.backbone.config.to_dict().items() if k not in _NOT_ARCH}
         cfg = {"mode": net.mode, "encoder": encoder}
@@ -124,7 +125,7 @@ def build(arch: dict[str, Any], options: dict[str, Any] | None = None) -> nn.Mod
     if family == "distillmos":
         from .distillmos import DistillMOSModel
 
-        return DistillMOSModel(**options).eval()
+        return DistillMOSModel(**{**cfg, **options}).eval()
     if family == "scoreq":
         from .scoreq import ScoreqModel
 

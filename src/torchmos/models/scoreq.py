@@ -55,6 +55,7 @@ from ._deps import require_transformers
 from .scoreq_encoder import EMBED_DIM, HOP, FastEncoder
 from .scoreq_encoder import _adjacent as _adjacent  # (imported from here by tests)
 from .scoreq_keys import _PREFIXES, convert_official, infer_config, official_key
+from .scoreq_prune import attention_widths, resize_attention
 from .strict import load_state_strict
 
 __all__ = ["EMBED_DIM", "HOP", "ScoreqModel", "chunk_bounds", "infer_config", "official_key"]
@@ -193,6 +194,7 @@ class ScoreqModel(FastEncoder, nn.Module):
         # allocate, then fill every tensor from the file (the load is strict).
         with torch.device("meta"):
             model = cls(mode=mode, chunk_seconds=chunk_seconds, **config_overrides)
+            resize_attention(model, attention_widths(sd, _PREFIXES[mode][0]))  # pruned heads, if any
         model = model.to_empty(device="cpu")
         model.load_official(sd, source=str(path))
         return model.eval()

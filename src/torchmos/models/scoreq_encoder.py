@@ -183,14 +183,14 @@ class FastEncoder:
         hidden = enc.layer_norm(hidden + pc.transpose(1, 2))
         attn = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T): True = attend
         b, t, d = hidden.shape
-        heads = self.backbone.config.num_attention_heads
         for layer in enc.layers:
             att = layer.attention
             w, bias = self._qkv(att)
-            qkv = nn.functional.linear(hidden, w, bias).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            # heads per layer from the weights: a pruned layer (scoreq_prune) has fewer
+            qkv = nn.functional.linear(hidden, w, bias).view(b, t, 3, -1, att.head_dim).permute(2, 0, 3, 1, 4)
             o = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn,
                                                            scale=att.scaling)
-            o = o.transpose(1, 2).reshape(b * t, d)
+            o = o.transpose(1, 2).reshape(b * t, -1)
             h = torch.addmm(att.out_proj.bias, o, att.out_proj.weight.t()).view(b, t, d)
             hidden = layer.layer_norm(h.add_(hidden))
             ff = layer.feed_forward

@@ -1,0 +1,53 @@
+"""The learning test of `torchmos train distill` (issue 14): a half-width DistillMOS
+student distilled from the official DistillMOS on generated speech-like audio agrees with
+its teacher on held-out degraded clips (Spearman >= 0.9).
+
+Slow (minutes on 2 cores: every training clip is a 7.68 s crop through the student's CNN),
+so it runs in the slow lane (`pytest -m slow`).
+"""
+
+from __future__ import annotations
+
+import pytest
+import soundfile as sf
+import torch
+
+from torchmos import audio, cli, synth
+from torchmos.models.distillmos import DistillMOSModel, size_config
+from torchmos.training import pearson, spearman
+from torchmos.training.distill_data import Items, make_items
+
+STEPS = 240  # 60 reached Spearman 0.81 only (see the report of issue 14); not yet run at 240
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_home):
+    """No network, no user cache."""
+
+
+@pytest.mark.slow
+def test_half_width_student_ranks_held_out_clips_as_its_teacher(tmp_path):
+    torch.set_num_threads(2)
+    train, held = tmp_path / "train", tmp_path / "held"
+    for folder, n, seed in ((train, 24, 0), (held, 6, 50_000)):
+        folder.mkdir()
+        for i in range(n):
+            sf.write(str(folder / f"c{i:02d}.wav"), synth.speech_like(3.0, 16000, seed=seed + i).numpy(), 16000)
+    out = tmp_path / "run"
+    assert cli.main(["train", "distill", "--audio", str(train), "--valid", str(held), "--out", str(out),
+                     "--teacher", "distillmos", "--width", "0.5", "--depth", "0.5", "--steps", str(STEPS),
+                     "--batch-size", "8", "--variants", "6", "--valid-variants", "4",
+                     "--val-every", "0", "--seed", "5", "--no-progress"]) == 0
+    student = DistillMOSModel.from_pretrained(checkpoint=out / "student.pt")
+    assert student.size == size_config(0.5, 0.5)
+    # the held-out clips, degraded independently of the run (other seed, all kinds)
+    entries = audio.find_audio([str(held)])
+    items = Items(entries, [])
+    items.items = make_items(items.keys, [3.0] * len(entries), 4, seed=99, crop_seconds=7.68,
+                             kinds=list(synth.KINDS), clean_fraction=0.1, stream="test")
+    clips = [items.load(i) for i in range(len(items))]
+    teacher = DistillMOSModel.from_pretrained()
+    t, s = teacher(clips), student(clips)
+    assert float(t.max() - t.min()) > 1.0  # the degradations spread the teacher's scores
+    rho, r = spearman(s, t), pearson(s, t)
+    assert rho >= 0.9, (rho, r)
