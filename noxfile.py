@@ -34,7 +34,7 @@ LOCK = "requirements/lock.txt"
 # The integration lane has a lock of its own, on CPython 3.12: ESPnet 202609 and newer need
 # 3.12+ (see docs/install.md).
 LOCK_INTEGRATIONS = "requirements/lock-integrations.txt"
-INTEGRATION_EXTRAS = ["speechbrain", "espnet", "lightning"]
+INTEGRATION_EXTRAS = ["speechbrain", "espnet", "lightning", "ray", "datasets", "lhotse"]
 # The packages whose newest (and oldest) allowed release the deps lanes install.
 TRACKED = ["torch", "torchaudio", "torchmetrics", "transformers"]
 
@@ -56,6 +56,8 @@ def integrations(session: nox.Session) -> None:
     """The integration tests on the newest toolkits (the lock: ESPnet 202611 needs 3.12)."""
     session.install("pip<26.3")  # pip 26.3 rejects ci_sdr's (an ESPnet <= 202511 dependency) direct-URL extra
     session.install("-c", LOCK_INTEGRATIONS, "-e", ".[test,integrations]")
+    # datasets 4+ decodes an Audio column with torchcodec, in the build of the lock's torch
+    session.install("-c", LOCK_INTEGRATIONS, "torchcodec")
     session.run("python", "-m", "pytest", "tests/integrations", "-ra", *session.posargs)
 
 
@@ -164,9 +166,10 @@ def lock(session: nox.Session) -> None:
 
 @nox.session(python="3.12")
 def lock_integrations(session: nox.Session) -> None:
-    """Re-resolve the integration lane's lock (ESPnet, SpeechBrain, Lightning)."""
+    """Re-resolve the integration lane's lock (ESPnet, SpeechBrain, Lightning, Ray, datasets,
+    Lhotse; torchcodec for datasets' Audio columns)."""
     session.install("pip<26.3")
-    session.install("--upgrade", "-e", ".[test,integrations]")
+    session.install("--upgrade", "-e", ".[test,integrations]", "torchcodec")
     _freeze(session, LOCK_INTEGRATIONS, "the integration lane")
 
 

@@ -1,7 +1,7 @@
 """The ``torchmos`` command: score folders of audio, list models, run the demo, train.
 
     torchmos score INPUT... [--model NAME|FILE] [--output FILE.csv|.jsonl] [--batch-size N]
-                            [--device D] [--resume] [--reference DIR|SCP] [--reference-set DIR]
+                            [--device D] [--workers N] [--resume] [--reference DIR|SCP] [--reference-set DIR]
     torchmos models
     torchmos demo
     torchmos compare A.csv B.csv [...] [--by condition] [--json]
@@ -35,12 +35,14 @@ RECIPES: dict[str, str] = {
     "sfi-distill": "torchmos.training.sfi_distill",
     "msr-utmos": "torchmos.training.msr_utmos",
     "scoreq": "torchmos.training.scoreq",
+    "distill": "torchmos.training.distill",
 }
 RECIPE_HELP: dict[str, str] = {
     "vqscore": "train VQScore (a VQ-VAE) on clean speech only",
     "sfi-distill": "distil a sampling-frequency-independent SSL student (MSR-UTMOS stage 1)",
     "msr-utmos": "fine-tune MSR-UTMOS on MOS labels (stage 2)",
     "scoreq": "train SCOREQ on your MOS data (contrastive regression, two stages)",
+    "distill": "distil a small MOS predictor from a big one (DistillMOS' method), or prune SCOREQ",
 }
 
 
@@ -144,12 +146,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--output", "-o", default=None,
                    help="FILE.csv or FILE.jsonl (default: CSV on stdout); missing folders are created")
     s.add_argument("--batch-size", type=int, default=8, help="files scored together (default 8)")
-    s.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:N or mps")
+    s.add_argument("--device", default="cpu",
+                   help="torch device: cpu (default), cuda, cuda:N, mps, or auto (a GPU when there is one); "
+                        "under torchrun, cuda means each rank's own GPU (cuda:LOCAL_RANK)")
     s.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="bf16: faster, approximate (DistillMOS; see docs/performance.md)")
     s.add_argument("--resume", action="store_true", help="skip ids already in --output and append")
     s.add_argument("--reference", default=None, help="clean references paired by id (folder, scp or list)")
     s.add_argument("--reference-set", default=None, help="clean speech set for non-matching reference mode")
+    s.add_argument("--workers", default="auto", metavar="N",
+                   help="processes that read and resample files while the model scores (0: in this process; "
+                        "default auto: one per two cores, none for a run of one or two batches)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
 

@@ -1,123 +1,30 @@
 """``torchmos score``: score files and folders, keep going past bad ones, resume a cut-off run.
 
-Reads audio in blocks with a progress bar within long files, writes CSV or JSON Lines
-rows as it goes (``FIELDS``), and repairs a cut-off last row on ``--resume``.
+Files are read, decoded and resampled by background worker processes while the model
+scores the batch before (:mod:`torchmos.audio.loader`); rows go out in input order as CSV
+or JSON Lines (:mod:`torchmos.cli_rows`), and ``--resume`` repairs a cut-off last row.
+Under ``torchrun`` each rank scores its shard and rank 0 merges (:mod:`torchmos.cli_shard`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import difflib
-import json
-import math
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 
-from . import audio, functional, hub, models
+from . import audio, cli_shard, functional, hub, models
+from .audio.loader import Item, Reader, default_workers, read_batches
+from .cli_rows import FIELDS as FIELDS
+from .cli_rows import USAGE, Stats, UsageError, Writer, iter_rows, summary
+from .cli_rows import previous_rows as _previous_rows  # noqa: F401 - torchmos.cli (the demo) reads it here
 
-# The exit status of a usage error (argparse's own convention).
-USAGE = 2
-
-FIELDS = ["id", "path", "model", "score", "duration_s", "sample_rate"]
-
-
-# ----------------------------------------------------------------------------- score
-
-
-@dataclass
-class _Job:
-    entries: list[audio.AudioEntry]
-    refs: dict[str, audio.AudioEntry] | None  # full-reference pairs, by id
-    ref_set: torch.Tensor | None  # non-matching reference embeddings
-
-
-class _Writer:
-    """Rows to CSV or JSON Lines (by extension), flushed as they come, appendable."""
-
-    def __init__(self, path: str | None, resume: bool) -> None:
-        self.path = path
-        self.jsonl = bool(path) and path.endswith((".jsonl", ".json"))
-        exists = bool(path) and os.path.exists(path) and os.path.getsize(path) > 0
-        self.fh: TextIO = open(path, "a" if resume else "w", newline="") if path else sys.stdout
-        self.csv = None
-        if not self.jsonl:
-            self.csv = csv.DictWriter(self.fh, fieldnames=FIELDS, extrasaction="ignore")
-            if not (resume and exists):
-                self.csv.writeheader()
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.jsonl:
-            self.fh.write(json.dumps(row) + "\n")
-        else:
-            assert self.csv is not None
-            self.csv.writerow(row)
-        self.fh.flush()
-
-    def close(self) -> None:
-        if self.fh is not sys.stdout:
-            self.fh.close()
-
-
-def _previous_rows(path: str | None) -> list[dict[str, Any]]:
-    """The rows of an earlier run's output (CSV or JSON Lines), for ``--resume``.
-
-    A run killed mid-write can leave its last row cut off: that row is dropped, the file
-    is truncated back to its last complete row (so the next row cannot glue onto it), and
-    its file is scored again. A damaged row anywhere else is an error naming the line.
-    """
-    if not path or not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    end = data.rfind(b"\n") + 1  # the end of the last complete line
-    rows: list[dict[str, Any]] = []
-    lines = data[:end].decode("utf-8", errors="replace").splitlines()
-    jsonl = path.endswith((".jsonl", ".json"))
-    if jsonl:
-        for lineno, line in enumerate(lines, 1):
-            if line.strip():
-                rows.append(_checked_row(_json_row(line), path, lineno))
-    elif lines:
-        reader = csv.DictReader(lines)
-        for lineno, row in enumerate(reader, 2):
-            rows.append(_checked_row(row, path, lineno))
-    if end < len(data):  # a cut-off last row: repair the file
-        print(f"torchmos: {path}: the last row was cut off (an interrupted run); it is removed and "
-              "its file scored again.", file=sys.stderr)
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    return rows
-
-
-def _json_row(line: str) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
-        return {}
-    return row if isinstance(row, dict) else {}
-
-
-def _checked_row(row: dict[str, Any], path: str, lineno: int) -> dict[str, Any]:
-    try:
-        ok = bool(row.get("id")) and math.isfinite(float(row.get("score")))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise UsageError(f"{path}:{lineno}: a damaged row ({row!r}); fix or delete that line, "
-                         "then rerun with --resume.")
-    return row
-
-
-class UsageError(Exception):
-    """A wrong command line: one line on stderr and exit status 2."""
+__all__ = ["FIELDS", "USAGE", "UsageError", "cmd_score"]
 
 
 def _resolve_model(spec: str, checkpoint: str | None) -> tuple[str, str | None]:
@@ -152,6 +59,15 @@ def _check_device(spec: str) -> torch.device:
     return dev
 
 
+def _device_spec(spec: str, dist: cli_shard.Dist | None) -> str:
+    """``--device``, with ``auto`` resolved and, under torchrun, ``cuda`` made this rank's GPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if dist is not None and spec == "cuda" and torch.cuda.is_available():
+        spec = f"cuda:{dist.local_rank % torch.cuda.device_count()}"
+    return spec
+
+
 class _InFileProgress:
     """A second progress bar, inside one long file (read and resampled in blocks)."""
 
@@ -181,23 +97,42 @@ class _InFileProgress:
         return update
 
 
-def _batches(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+def _workers(spec: str, todo: int, batch_size: int, dist: cli_shard.Dist | None) -> int:
+    """``--workers``: a number (0 reads in this process), or ``auto``: in this process for a
+    run of one or two batches (nothing to gain from starting a worker), else
+    :func:`~torchmos.audio.loader.default_workers` for this process's share of the cores."""
+    if spec == "auto":
+        return 0 if todo <= 2 * batch_size else default_workers(dist.local_world if dist else 1)
+    try:
+        n = int(spec)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise UsageError(f"--workers must be auto or a number 0 or more, got {spec!r}.")
+    return n
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace, dist: cli_shard.Dist | None) -> None:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be 1 or more, got {args.batch_size}.")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output FILE: the rows of the earlier run are read from it.")
+    if dist is not None and not args.output:
+        raise UsageError(f"under torchrun (WORLD_SIZE={dist.world}), give --output FILE: each rank writes its part "
+                         "next to it and rank 0 merges them into it.")
     if args.sha256 and not (args.checkpoint or os.path.isfile(args.model)):
         raise UsageError("--sha256 pins your own weight file: give it with --checkpoint FILE (or --model FILE).")
+    _workers(args.workers, 0, 1, None)  # a bad value is refused before anything is read
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    dist = cli_shard.context()
+    _check_args(args, dist)
     if args.sha256:  # the user's own file is verified before it is ever read
         hub.check_file(args.checkpoint or args.model, args.sha256)
     name, checkpoint = _resolve_model(args.model, args.checkpoint)
     card = hub.get_card(name)
-    device = _check_device(args.device)
+    device = _check_device(_device_spec(args.device, dist))
     try:
         entries = audio.find_audio(args.inputs)
     except audio.AudioError as e:
@@ -211,110 +146,153 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"torchmos: model {name!r} is no-reference; --reference/--reference-set do not apply.",
               file=sys.stderr)
         return USAGE
+    lead = dist is None or dist.rank == 0  # the process that speaks for the run
     repeats = len(entries) - len({audio.source_key(e.source) for e in entries})
-    if repeats:
+    if repeats and lead:
         print(f"torchmos: note: {repeats} file(s) are listed more than once; each listing is scored "
               "(repeats are named id#2, id#3, ...).", file=sys.stderr)
-    previous = _previous_rows(args.output) if args.resume else []
-    done = {r["id"] for r in previous}
-    todo = [e for e in entries if e.id not in done]
     if args.output:
         Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    options = {"precision": args.precision} if args.precision else {}
-    model = functional.get_model(name, checkpoint, device=device, **options)  # --sha256: checked above
-
-    failures: list[tuple[str, str]] = []
-    refs = ref_set = None
-    if args.reference:
-        refs = {e.id: e for e in audio.find_audio([args.reference])}
-    if args.reference_set:
-        clips = []
-        for e in audio.find_audio([args.reference_set]):
-            x, sr = e.read()
-            clips += audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds, names=[e.label], arg="")
-        ref_set = model.embed([c.to(device) for c in clips])
-
-    writer = _Writer(args.output, args.resume)
-    rows: list[dict[str, Any]] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(todo), unit="file", desc=f"torchmos {name}", disable=args.quiet or None,
-               file=sys.stderr)
-    in_file = _InFileProgress(quiet=args.quiet)
-    interrupted = False
+    before, done = Stats(), set()  # the earlier run's rows (--resume): counted, never held
+    for r in iter_rows(args.output, repair=lead) if args.resume else ():
+        done.add(r["id"])
+        before.add(float(r["score"]), r["id"])
+    n_before = before.n
+    part, token = None, ""
+    if dist is None:
+        todo = [(i, e) for i, e in enumerate(entries) if e.id not in done]
+    else:
+        mine, token = cli_shard.plan(entries, dist)
+        part = cli_shard.Part(args.output, dist, token)
+        kept = part.start(entries, args.resume)
+        todo = [(i, entries[i]) for i in mine if entries[i].id not in done and entries[i].id not in kept]
+        if args.resume:
+            cli_shard.note(dist, f"{len(mine)} file(s) in this shard: {len(kept)} already in its part, "
+                                 f"{len(todo)} to score.")
+    refs = {e.id: e for e in audio.find_audio([args.reference])} if args.reference else None
+    in_file = _InFileProgress(quiet=args.quiet or not lead)
+    reader = Reader(card.sample_rate or None, card.min_seconds, refs, args.reference or "",
+                    long_frames=_InFileProgress.LONG)
+    workers = _workers(args.workers, len(todo), args.batch_size, dist)
+    # the workers start reading now, while the model loads
+    reading = read_batches(todo, reader, args.batch_size, workers, progress=lambda e: in_file(e.label))
     try:
-        for batch in _batches(todo, args.batch_size):
-            good, clips, ref_clips, meta = [], [], [], []
-            for e in batch:
-                try:
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always", audio.SilentAudioWarning)
-                        # read in blocks, resampled to the model's rate as they arrive
-                        got = e.load(target_fs=card.sample_rate or None, progress=in_file(e.label))
-                        clip = audio.prepare([got.samples], got.rate, card.sample_rate,
-                                             min_seconds=card.min_seconds, names=[e.label], arg="")[0]
-                        if refs is not None:
-                            if e.id not in refs:
-                                raise audio.AudioError(f"{e.label}: no reference with id {e.id!r} in {args.reference}.")
-                            ref = refs[e.id].load(target_fs=card.sample_rate or None)
-                            ref_clips += audio.prepare([ref.samples], ref.rate, card.sample_rate,
-                                                       min_seconds=card.min_seconds, names=[refs[e.id].label], arg="")
-                    for w in caught:
-                        print(f"torchmos: warning: {w.message}", file=sys.stderr)
-                except audio.AudioError as err:
-                    failures.append((e.label, str(err)))
-                    print(f"torchmos: skipped: {err}", file=sys.stderr)
-                    bar.update(1)
-                    continue
-                good.append(e)
-                clips.append(clip.to(device))
-                meta.append((got.frames / got.file_rate, got.file_rate))
-            if not good:
-                continue
-            with torch.inference_mode():
-                if refs is not None:
-                    scores = model.distance(clips, [c.to(device) for c in ref_clips])
-                elif ref_set is not None:
-                    scores = model.distance_to_set(clips, ref_set)
-                elif card.sample_rate == 0:  # native-rate model: each clip at its own rate
-                    scores = model(clips, [sr for _, sr in meta])
-                else:
-                    scores = model(clips)
-            for e, s, (dur, sr) in zip(good, scores.tolist(), meta):
-                row = {"id": e.id, "path": e.source, "model": name, "score": round(float(s), 6),
-                       "duration_s": round(dur, 4), "sample_rate": sr}
-                writer.write(row)
-                rows.append(row)
-            bar.update(len(good))
-    except KeyboardInterrupt:  # every row so far is written and flushed
-        interrupted = True
+        options = {"precision": args.precision} if args.precision else {}
+        model = functional.get_model(name, checkpoint, device=device, **options)  # --sha256: checked above
+        ref_set = _reference_set(args.reference_set, model, card, device) if args.reference_set else None
+        sink: Any = part if part is not None else Writer(args.output, args.resume)
+        stats = Stats() if part is not None else before
+        failures, new, interrupted = _score_all(reading, reader, in_file, model, card, name, device, ref_set,
+                                                sink, stats, total=len(todo), quiet=args.quiet or not lead)
     finally:
-        bar.close()
-        writer.close()
-    _summary(previous + rows, failures, name, card.higher_is_better,
-             resumed=len(previous) if args.resume else None, output=args.output)
+        getattr(reading, "close", lambda: None)()
+        if part is not None:
+            part.stop()
+    if part is not None:
+        return _finish_shard(args, dist, part, token, entries, done, before, failures, new, interrupted, name,
+                             card.higher_is_better)
+    summary(before, failures, name, card.higher_is_better,
+            resumed=n_before if args.resume else None, output=args.output)
+    return _exit(interrupted, new, args.output, failures)
+
+
+def _exit(interrupted: bool, new: int, output: str | None, failures: list[tuple[str, str]]) -> int:
     if interrupted:
-        again = ("rerun the same command with --resume to score the rest" if args.output else
+        again = ("rerun the same command with --resume to score the rest" if output else
                  "rerun with --output FILE to be able to resume")
-        print(f"torchmos: interrupted after {len(rows)} new row(s); {again}.", file=sys.stderr)
+        print(f"torchmos: interrupted after {new} new row(s); {again}.", file=sys.stderr)
         return 130
     return 1 if failures else 0
 
 
-def _summary(rows: list[dict[str, Any]], failures: list[tuple[str, str]], name: str, higher: bool,
-             resumed: int | None = None, output: str | None = None) -> None:
-    out = sys.stderr
-    scores = [(float(r["score"]), r["id"]) for r in rows]
-    print(f"\n{name}: {len(scores)} scored, {len(failures)} failed", file=out)
-    if resumed is not None:
-        print(f"  resumed: {resumed} already in {output}, {len(scores) - resumed} new", file=out)
-    if scores:
-        vals = [s for s, _ in scores]
-        mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-        lo, hi = min(scores), max(scores)
-        print(f"  mean {mean:.4f}  std {std:.4f}  ({'higher' if higher else 'lower'} is better)", file=out)
-        print(f"  min  {lo[0]:.4f}  {lo[1]}", file=out)
-        print(f"  max  {hi[0]:.4f}  {hi[1]}", file=out)
-    for _src, err in failures:
-        print(f"  FAILED {err}", file=out)
+def _reference_set(folder: str, model: Any, card: Any, device: torch.device) -> torch.Tensor:
+    clips = []
+    for e in audio.find_audio([folder]):
+        x, sr = e.read()
+        clips += audio.prepare([x], sr, card.sample_rate, min_seconds=card.min_seconds, names=[e.label], arg="")
+    return model.embed([c.to(device) for c in clips])
+
+
+def _score_all(reading: Any, reader: Reader, in_file: _InFileProgress, model: Any, card: Any, name: str,
+               device: torch.device, ref_set: torch.Tensor | None, sink: Any, stats: Stats, total: int,
+               quiet: bool) -> tuple[list[tuple[str, str]], int, bool]:
+    """Score every batch as it comes; rows to ``sink`` in input order. Returns the failures,
+    the number of new rows and whether Ctrl-C ended it (every row so far is written)."""
+    from tqdm.auto import tqdm
+
+    failures: list[tuple[str, str]] = []
+    new = 0
+    bar = tqdm(total=total, unit="file", desc=f"torchmos {name}", disable=quiet or None, file=sys.stderr)
+    try:
+        for batch in reading:
+            good: list[Item] = []
+            for item in batch:
+                if item.interrupted:
+                    raise KeyboardInterrupt
+                if item.deferred:  # a long file: read here, with its own progress bar
+                    item = reader(item.index, item.entry, progress=in_file(item.entry.label))
+                for w in item.warnings:
+                    print(f"torchmos: warning: {w}", file=sys.stderr)
+                if item.error is not None:
+                    failures.append((item.entry.label, item.error))
+                    print(f"torchmos: skipped: {item.error}", file=sys.stderr)
+                    if isinstance(sink, cli_shard.Part):
+                        sink.write({"i": item.index, "id": item.entry.id, "error": item.error})
+                    bar.update(1)
+                    continue
+                good.append(item)
+            if not good:
+                continue
+            for item, s in zip(good, _scores(model, card, good, device, ref_set).tolist()):
+                row = {"id": item.entry.id, "path": item.entry.source, "model": name, "score": round(float(s), 6),
+                       "duration_s": round(item.duration_s, 4), "sample_rate": item.file_rate}
+                sink.write({"i": item.index, **row} if isinstance(sink, cli_shard.Part) else row)
+                stats.add(row["score"], row["id"])
+                new += 1
+            bar.update(len(good))
+    except KeyboardInterrupt:
+        return failures, new, True
+    finally:
+        bar.close()
+        if isinstance(sink, Writer):
+            sink.close()
+    return failures, new, False
+
+
+def _scores(model: Any, card: Any, items: list[Item], device: torch.device,
+            ref_set: torch.Tensor | None) -> torch.Tensor:
+    clips = [it.clip.to(device) for it in items if it.clip is not None]
+    with torch.inference_mode():
+        if items[0].ref is not None:
+            return model.distance(clips, [it.ref.to(device) for it in items if it.ref is not None])
+        if ref_set is not None:
+            return model.distance_to_set(clips, ref_set)
+        if card.sample_rate == 0:  # native-rate model: each clip at its own rate
+            return model(clips, [it.file_rate for it in items])
+        return model(clips)
+
+
+def _finish_shard(args: argparse.Namespace, dist: cli_shard.Dist, part: cli_shard.Part, token: str,
+                  entries: list[audio.AudioEntry], done: set[str], before: Stats, failures: list[tuple[str, str]],
+                  new: int, interrupted: bool, name: str, higher: bool) -> int:
+    """A rank's end under torchrun: its part completed; rank 0 waits for all and merges."""
+    if interrupted:
+        cli_shard.note(dist, f"interrupted after {new} new row(s); rerun the same command with --resume.")
+        return 130
+    part.finish()
+    if dist.rank != 0:  # exit 0 even with failed files: a failing rank would stop the others
+        cli_shard.note(dist, f"{new} scored, {len(failures)} failed; rank 0 merges the parts into {args.output}.")
+        return 0
+    problems = cli_shard.wait_for_parts(args.output, dist, token)
+    if problems:
+        print(f"torchmos: {args.output} is not written: {len(problems)} shard(s) did not finish:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        print("torchmos: rerun the same command with --resume: each rank keeps the rows of its part and "
+              "scores the rest.", file=sys.stderr)
+        return 1
+    all_failures: list[tuple[str, str]] = []
+    resumed = before.n
+    kept = cli_shard.merge(args.output, dist, entries, done, args.resume, before, all_failures)
+    summary(before, all_failures, name, higher, resumed=resumed + kept if args.resume else None, output=args.output)
+    return 1 if all_failures else 0

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs" / "integrations").glob("*.md"))
 NEEDS = {"speechbrain": "speechbrain", "espnet": "espnet2", "transformers": "transformers", "lightning": "lightning",
-         "versa": "versa"}
+         "versa": "versa", "ray": "ray", "datasets": "datasets", "lhotse": "lhotse", "torchrun": "torch.distributed"}
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 
 

@@ -28,9 +28,10 @@ SRC = Path(torchmos.__file__).parent
 # top-level component of torchmos -> floor ("" is the package itself: the facade). The
 # comparison of systems (stats and its helpers) needs only the cards; the report and the
 # CLI are on top, beside the adapters and the training recipes.
-FLOORS = {"audio": 0, "hub": 0, "synth": 0, "models": 1, "losses": 1, "stats": 1, "_stats_core": 1,
-          "_stats_text": 1, "_score_table": 1, "_svg": 1, "functional": 2, "metrics": 3, "adapters": 4,
-          "cli": 4, "cli_compare": 4, "cli_score": 4, "report": 4, "training": 4, "": 4}
+FLOORS = {"audio": 0, "hub": 0, "synth": 0, "models": 1, "stats": 1, "_stats_core": 1,
+          "_stats_text": 1, "_score_table": 1, "_svg": 1, "functional": 2, "losses": 2, "losses_mos": 2,
+          "metrics": 3, "adapters": 4, "cli": 4, "cli_compare": 4, "cli_rows": 4, "cli_score": 4, "cli_shard": 4,
+          "report": 4, "training": 4, "": 4}
 
 
 def module_files(root: Path, package: str = "torchmos") -> dict[str, Path]:

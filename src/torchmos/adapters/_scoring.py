@@ -18,7 +18,8 @@ __all__ = ["Scorer", "missing_extra", "score_with"]
 
 
 # the extra that installs each adapter's toolkit (transformers is a dependency: no extra)
-EXTRAS = {"speechbrain": "speechbrain", "espnet": "espnet", "lightning": "lightning"}
+EXTRAS = {"speechbrain": "speechbrain", "espnet": "espnet", "lightning": "lightning", "ray": "ray",
+          "datasets": "datasets", "lhotse": "lhotse"}
 
 
 def missing_extra(toolkit: str, package: str, error: ImportError | None = None) -> ImportError:
