@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-from cpu_settings import SETTINGS, child_info, cpu_flags, run_child
+from cpu_settings import add_arguments, child_info, cpu_flags, parse, run_child
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -92,12 +92,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--short", type=int, default=24, help="clips of 1-6 s")
     ap.add_argument("--mixed", type=int, default=10, help="clips of 3-20 s")
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(measure(args)))
+    add_arguments(ap)
+    args = parse(ap, measure)
+    if args is None:  # a child: it printed its measurement
         return
     from common import provenance
 

@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from cpu_settings import SETTINGS, child_info, cpu_flags, run_child
+from cpu_settings import add_arguments, child_info, cpu_flags, parse, run_child
 
 VARIANTS = {"layers 1-6 int8": (0, 12), "layers 2-6 int8": (2, 12), "layers 2-5 int8": (2, 10),
             "layers 3-5 int8": (4, 10)}
@@ -111,12 +111,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--settings", nargs="+", default=["avx2"], choices=list(SETTINGS))
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(measure(args)))
+    add_arguments(ap, ["avx2"])
+    args = parse(ap, measure)
+    if args is None:  # a child: it printed its measurement
         return
     from common import provenance
 

@@ -26,7 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
-from cpu_settings import SETTINGS, child_info, cpu_flags, run_child
+from cpu_settings import add_arguments, child_info, cpu_flags, parse, run_child
 
 
 def cpu_ms(fn, reps: int) -> float:
@@ -128,12 +128,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seconds", type=float, nargs="+", default=[1.5, 3.5, 6.0, 15.0])
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(measure(args)))
+    add_arguments(ap)
+    args = parse(ap, measure)
+    if args is None:  # a child: it printed its measurement
         return
     from common import provenance
 

@@ -9,6 +9,7 @@ cap oneDNN reports none and ``precision="bf16"`` falls back to fp32.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -47,6 +48,24 @@ def run_child(script: str, setting: str, args: list[str]) -> dict:
     result["setting"] = {"name": setting, "env": SETTINGS[setting],
                          "OMP_WAIT_POLICY": env["OMP_WAIT_POLICY"]}
     return result
+
+
+def add_arguments(ap: argparse.ArgumentParser, settings: list[str] | None = None) -> None:
+    """The options of every benchmark that measures per setting: ``--settings`` (default
+    ``settings``, else all), ``--json``, and the hidden ``--child`` of :func:`run_child`."""
+    ap.add_argument("--settings", nargs="+", default=settings or list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+
+
+def parse(ap: argparse.ArgumentParser, measure) -> argparse.Namespace | None:
+    """The parsed arguments; in a child (``--child``), print ``measure(args)`` as JSON and
+    return None instead."""
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure(args)))
+        return None
+    return args
 
 
 def child_info() -> dict:

@@ -224,3 +224,34 @@ class FileServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# (seconds, rate, channels, format): several rates, a stereo file, a FLAC
+ENGINE_GOOD = [(1.0, 16000, 1, "WAV"), (1.5, 8000, 1, "WAV"), (0.8, 44100, 2, "WAV"), (1.2, 22050, 1, "FLAC")]
+
+
+def engine_corpus(d: Path) -> dict:
+    """The scoring engines' test corpus in ``d``: ``good`` files (16-bit, the rates and
+    formats of :data:`ENGINE_GOOD`), ``bad`` ones (not audio, missing, too short), and
+    ``ref``: each good file's DistillMOS from one-process ``torchmos.functional``, in order."""
+    import soundfile as sf
+
+    import torchmos.functional as F
+    from torchmos import audio, synth
+
+    good = []
+    for i, (sec, fs, ch, fmt) in enumerate(ENGINE_GOOD):
+        x = synth.degrade(synth.speech_like(sec, fs, seed=i), fs, list(synth.DEGRADATIONS)[i], seed=i).numpy()
+        if ch == 2:
+            x = np.stack([x, 0.5 * np.roll(x, 7)], axis=1)
+        p = d / f"c{i}.{fmt.lower()}"
+        sf.write(p, x, fs, format=fmt, subtype="PCM_16")
+        good.append(str(p))
+    (d / "bad.wav").write_text("not audio")
+    sf.write(d / "short.wav", synth.speech_like(0.05, 16000, seed=9).numpy(), 16000)
+    bad = [str(d / "bad.wav"), str(d / "missing.wav"), str(d / "short.wav")]
+    ref = []
+    for p in good:
+        x, fs = audio.read(p)
+        ref.append(float(F.distillmos(x, fs=fs)[0]))
+    return {"good": good, "bad": bad, "ref": ref}

@@ -10,39 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 ray = pytest.importorskip("ray", reason="needs Ray Data: pip install -e '.[ray]'")
 pytest.importorskip("ray.data", reason="needs Ray Data: pip install -e '.[ray]'")
 
 import torchmos.functional as F  # noqa: E402
+from tests.helpers import engine_corpus  # noqa: E402
 from torchmos import audio, synth  # noqa: E402
 from torchmos.adapters.ray import MOSPredictor  # noqa: E402
 
 TOL = 1e-5
-# (seconds, rate, channels, format): several rates, a stereo file, a FLAC
-GOOD = [(1.0, 16000, 1, "WAV"), (1.5, 8000, 1, "WAV"), (0.8, 44100, 2, "WAV"), (1.2, 22050, 1, "FLAC")]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict:
-    d = tmp_path_factory.mktemp("ray-corpus")
-    good = []
-    for i, (sec, fs, ch, fmt) in enumerate(GOOD):
-        x = synth.degrade(synth.speech_like(sec, fs, seed=i), fs, list(synth.DEGRADATIONS)[i], seed=i).numpy()
-        if ch == 2:
-            x = np.stack([x, 0.5 * np.roll(x, 7)], axis=1)
-        p = d / f"c{i}.{fmt.lower()}"
-        sf.write(p, x, fs, format=fmt)
-        good.append(str(p))
-    (d / "bad.wav").write_text("not audio")
-    sf.write(d / "short.wav", synth.speech_like(0.05, 16000, seed=9).numpy(), 16000)
-    bad = [str(d / "bad.wav"), str(d / "missing.wav"), str(d / "short.wav")]
-    ref = {}
-    for p in good:
-        x, sr = audio.read(p)
-        ref[p] = float(F.distillmos(x, fs=sr)[0])
-    return {"good": good, "bad": bad, "ref": ref}
+    c = engine_corpus(tmp_path_factory.mktemp("ray-corpus"))
+    return {**c, "ref": dict(zip(c["good"], c["ref"]))}
 
 
 @pytest.fixture(scope="module")

@@ -241,3 +241,15 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(folder, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_a_student_architecture_rebuilds_at_its_size():
+    """What a transformers directory stores (models.architecture) rebuilds a student at its
+    own size; the official size stays the empty config older directories have."""
+    from torchmos.models import architecture, build
+
+    net = DistillMOSModel(**size_config(0.5, 0.5))
+    arch = architecture(net, "distillmos")
+    assert arch["config"] == size_config(0.5, 0.5)
+    assert build(arch).size == net.size
+    assert architecture(DistillMOSModel(), "distillmos")["config"] == {}

@@ -104,7 +104,10 @@ def architecture(net: Any, family: str) -> dict[str, Any] | None:
     ('distillmos', 'DistillMOSModel')
     """
     if family == "distillmos":
-        cfg: Any = dict(getattr(net, "size", {}))
+        from .distillmos_size import size_config
+
+        size = dict(getattr(net, "size", {}))
+        cfg: Any = {} if size in ({}, size_config()) else size  # {}: the official size
     elif family == "scoreq":
         encoder = {k: v for k, v in net.backbone.config.to_dict().items() if k not in _NOT_ARCH}
         cfg = {"mode": net.mode, "encoder": encoder}
