@@ -62,7 +62,7 @@ def integrations(session: nox.Session) -> None:
     session.install("-c", LOCK_INTEGRATIONS, "-e", ".[test,integrations]")
     # datasets 4+ decodes an Audio column with torchcodec, in the build of the lock's torch
     session.install("-c", LOCK_INTEGRATIONS, "torchcodec")
-    session.run("python", "-m", "pytest", "tests/integrations", "-ra", *session.posargs)
+    session.run("python", "-m", "pytest", "tests/integrations", "-ra", "--dist", "loadgroup", *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -76,7 +76,7 @@ def integrations_oldest(session: nox.Session) -> None:
     session.install("pip<26.3")
     session.install("-c", str(constraints), "-e", ".[test,integrations]", env=_no_local_wheels(tmp))
     _report(session, "integrations_oldest", ["torch", "torchaudio", *_names(pins)])
-    session.run("python", "-m", "pytest", "tests/integrations", "-ra", *session.posargs)
+    session.run("python", "-m", "pytest", "tests/integrations", "-ra", "--dist", "loadgroup", *session.posargs)
 
 
 def _report(session: nox.Session, lane: str, packages: list[str] = TRACKED) -> None:

@@ -20,6 +20,9 @@ from torchmos import audio, synth  # noqa: E402
 from torchmos.adapters.ray import MOSPredictor  # noqa: E402
 
 TOL = 1e-5
+# One local Ray cluster at a time: the module's tests share one pytest-xdist worker (the
+# integration lanes run with --dist loadgroup), not two clusters of 2 CPUs on 2 cores.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module")
