@@ -29,7 +29,9 @@ def test_every_integration_has_a_page():
     assert sorted(p.stem for p in PAGES) == sorted(NEEDS)
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+# the Ray page starts a local Ray cluster: on the Ray tests' xdist worker, one cluster at a time
+@pytest.mark.parametrize("page", [pytest.param(p, marks=pytest.mark.xdist_group("ray")) if p.stem == "ray" else p
+                                  for p in PAGES], ids=[p.stem for p in PAGES])
 def test_page_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     how = ("VERSA, installed from its source (not on PyPI): see docs/integrations/versa.md"
            if page.stem == "versa" else f"{page.stem}: pip install -e '.[integrations]'")
