@@ -125,7 +125,7 @@ def main() -> int:
     # the held-out clips, exactly as the recipe's validation builds them
     eval_items = Items(sorted_entries(eval_dir), [])
     durs = [a.seconds] * len(eval_items.entries)
-    eval_items.items = make_items(eval_items.keys, durs, a.eval_variants, 1, 7.68, list(synth.KINDS), 0.1, "valid")
+    eval_items.items = make_items(eval_items.ids, durs, a.eval_variants, 1, 7.68, list(synth.KINDS), 0.1, "valid")
     clips = [eval_items.load(i) for i in range(len(eval_items))]
     teacher = DistillMOSModel.from_pretrained()
     with torch.inference_mode():

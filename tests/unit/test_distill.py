@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import soundfile as sf
@@ -75,9 +76,9 @@ def test_cache_is_bounded_and_rejects_a_foreign_file(tmp_path):
         TeacherCache(tmp_path, "t")
 
 
-def test_items_are_a_function_of_seed_file_and_slot(folder):
+def test_items_are_a_function_of_seed_file_and_slot(folder, tmp_path):
     entries = torchmos.audio.find_audio([str(folder)])
-    keys = Items(entries, []).keys
+    keys = Items(entries, []).ids
     a = make_items(keys, [1.0] * 5, 3, seed=1, crop_seconds=0.6, kinds=list(synth.KINDS), clean_fraction=0.1)
     b = make_items(keys, [1.0] * 5, 3, seed=1, crop_seconds=0.6, kinds=list(synth.KINDS), clean_fraction=0.1)
     c = make_items(keys, [1.0] * 5, 3, seed=2, crop_seconds=0.6, kinds=list(synth.KINDS), clean_fraction=0.1)
@@ -90,6 +91,15 @@ def test_items_are_a_function_of_seed_file_and_slot(folder):
     assert items.cache_key(4) != items.cache_key(5)
     with pytest.raises(ValueError, match="unknown degradation 'echo'"):
         make_items(keys, [1.0] * 5, 1, 1, 0.6, ["echo"], 0.0)
+    # a copy of the data elsewhere (new paths, new mtimes) draws the same variants, and
+    # its teacher scores are cached apart
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    moved = Items(torchmos.audio.find_audio([str(copy)]), [])
+    assert moved.ids == keys and moved.keys != items.keys
+    moved.items = make_items(moved.ids, [1.0] * 5, 3, seed=1, crop_seconds=0.6, kinds=list(synth.KINDS),
+                             clean_fraction=0.1)
+    assert moved.items == a and torch.equal(moved.load(4), x) and moved.cache_key(4) != items.cache_key(4)
 
 
 # ----------------------------------------------------------------------------- the student's file

@@ -47,7 +47,7 @@ def test_half_width_student_ranks_held_out_clips_as_its_teacher(tmp_path):
     # the held-out clips, degraded independently of the run (other seed, all kinds)
     entries = audio.find_audio([str(held)])
     items = Items(entries, [])
-    items.items = make_items(items.keys, [3.0] * len(entries), 4, seed=99, crop_seconds=7.68,
+    items.items = make_items(items.ids, [3.0] * len(entries), 4, seed=99, crop_seconds=7.68,
                              kinds=list(synth.KINDS), clean_fraction=0.1, stream="test")
     clips = [items.load(i) for i in range(len(items))]
     teacher = DistillMOSModel.from_pretrained()

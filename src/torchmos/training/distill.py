@@ -279,7 +279,7 @@ def _items(a: argparse.Namespace, entries: list[audio.AudioEntry], variants: int
     if short:
         raise TrainError(f"{short[0]}: shorter than 0.5 s; remove it (and {len(short) - 1} more).")
     items = Items(entries, [])
-    items.items = make_items(items.keys, lengths, variants, a.seed, a.crop_seconds, a.degradations,
+    items.items = make_items(items.ids, lengths, variants, a.seed, a.crop_seconds, a.degradations,
                              a.clean_fraction, stream)
     return items
 

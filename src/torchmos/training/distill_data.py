@@ -4,7 +4,8 @@ on-disk cache of the teacher's scores.
 Every training file has ``variants`` slots. Slot ``s`` of a file is one fixed degraded
 version of it: a crop of at most ``crop_seconds`` (where in the file: drawn), and a
 degradation of :data:`torchmos.synth.KINDS` (or none, with ``clean_fraction``) at a drawn
-severity, all a pure function of (seed, the file's identity, slot). The batches are
+severity, all a pure function of (seed, the file's id, slot): a copy of the data in
+another folder draws the same variants. The batches are
 epochs of seeded permutations of the (file, slot) items, so the teacher scores each item
 once: its score is kept in the cache, keyed by the teacher, the file (path, size, mtime)
 and the variant, and found again in later epochs, resumed runs and other runs with the
@@ -61,15 +62,17 @@ class Item:
         return d
 
 
-def make_items(keys: Sequence[str], lengths: Sequence[float], variants: int, seed: int, crop_seconds: float,
+def make_items(names: Sequence[str], lengths: Sequence[float], variants: int, seed: int, crop_seconds: float,
                kinds: Sequence[str], clean_fraction: float, stream: str = "train") -> list[Item]:
     """``variants`` items per file (file-major), each a pure function of (seed, stream,
-    the file's key, slot)."""
+    the file's name, slot). ``names`` are the entries' ids (:attr:`Items.ids`: a path
+    relative to its folder), not their locations: a copy of the data elsewhere, or
+    rewritten with a new mtime, gets the same degradations."""
     for k in kinds:
         if k not in synth.KINDS:
             raise ValueError(f"unknown degradation {k!r}; known: {', '.join(synth.KINDS)}")
     out = []
-    for f, (key, dur) in enumerate(zip(keys, lengths)):
+    for f, (key, dur) in enumerate(zip(names, lengths)):
         for slot in range(variants):
             g = torch.Generator().manual_seed(seed_of(seed, stream, key, slot))
             u = torch.rand(4, generator=g, dtype=torch.float64).tolist()
@@ -90,7 +93,8 @@ class Items:
 
     def __init__(self, entries: Sequence[audio.AudioEntry], items: Sequence[Item]) -> None:
         self.entries, self.items = list(entries), list(items)
-        self.keys = [file_key(e) for e in self.entries]
+        self.ids = [e.id for e in self.entries]  # what the draws of make_items are seeded by
+        self.keys = [file_key(e) for e in self.entries]  # what the teacher cache is keyed by
 
     def __len__(self) -> int:
         return len(self.items)
