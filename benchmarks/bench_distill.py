@@ -91,12 +91,12 @@ def agreement(pred: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train-files", type=int, default=48)
-    ap.add_argument("--eval-files", type=int, default=12)
-    ap.add_argument("--seconds", type=float, default=4.0, help="length of the generated clips (4 s)")
-    ap.add_argument("--variants", type=int, default=4, help="degraded versions per training file (4)")
+    ap.add_argument("--train-files", type=int, default=96)
+    ap.add_argument("--eval-files", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=7.5, help="length of the generated clips (7.5 s)")
+    ap.add_argument("--variants", type=int, default=3, help="degraded versions per training file (3)")
     ap.add_argument("--eval-variants", type=int, default=4, help="degraded versions per held-out file (4)")
-    ap.add_argument("--steps", type=int, default=150, help="steps of each DistillMOS student (150)")
+    ap.add_argument("--steps", type=int, default=360, help="steps of each DistillMOS student (360)")
     ap.add_argument("--scoreq-steps", type=int, default=150, help="steps of the whole small wav2vec 2.0 (150)")
     ap.add_argument("--prune-steps", type=int, default=60, help="fine-tuning steps after pruning (60)")
     ap.add_argument("--batch-size", type=int, default=8)

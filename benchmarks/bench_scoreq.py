@@ -17,7 +17,8 @@ x86 CPU; benchmarks/cpu_settings.py); the results record the caps and the CPU's 
 Methods: the port file by file (its ``score()``, under no_grad); torchmos fp32 file by
 file; torchmos fp32 given the whole list in one call (on a CPU only clips of equal padded
 length share a batch; on an accelerator clips of similar length are packed into padded
-batches; scores unchanged); torchmos bf16 (bf16 weights + autocast) file by file. Errors: max |MOS difference|
+batches; scores unchanged); torchmos bf16 (bf16 weights + autocast) file by file, only where the CPU has native bf16
+(``bf16_native`` in the results; not under ``--setting avx2``). Errors: max |MOS difference|
 and max |embedding difference| against the port, on the corpus and on the real speech
 of ../shared/data/speech when it is present.
 """
@@ -38,6 +39,7 @@ import torch
 from common import corpus, provenance, real_speech
 from cpu_settings import SETTINGS, cpu_flags
 
+from torchmos.models.distillmos import bf16_supported
 from torchmos.models.scoreq import HOP, ScoreqModel
 
 
@@ -87,19 +89,22 @@ def main() -> None:
         raise SystemExit(subprocess.call([sys.executable, __file__, *argv], env=env))
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
+    where = provenance()  # the tree as the run starts
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scoreq-"))
     ckpt = tmp / "adapt_nr_telephone.pt"
     port = port_model(ckpt)
     fp32 = ScoreqModel.from_pretrained(checkpoint=ckpt, card="scoreq-nr-natural", mode="nr")
-    bf16 = ScoreqModel.from_pretrained(checkpoint=ckpt, card="scoreq-nr-natural", mode="nr", precision="bf16")
-
     methods = {
         "scoreq-pytorch 0.1.0, file by file": lambda xs: [float(port.score(x)) for x in xs],
         "torchmos fp32, file by file": lambda xs: [float(fp32([x])) for x in xs],
         "torchmos fp32, whole list in one call": lambda xs: fp32(xs).tolist(),
-        "torchmos bf16 autocast, file by file": lambda xs: [float(bf16([x])) for x in xs],
     }
+    # bf16 only where the CPU runs it natively: emulated (e.g. under the AVX2 cap) it is
+    # an order of magnitude slower than fp32 and would take most of the run
+    if bf16_supported():
+        bf16 = ScoreqModel.from_pretrained(checkpoint=ckpt, card="scoreq-nr-natural", mode="nr", precision="bf16")
+        methods["torchmos bf16 autocast, file by file"] = lambda xs: [float(bf16([x])) for x in xs]
     clips = corpus(args.clips, lo=2.0, hi=15.0)
     real = real_speech()
     audio_s = sum(x.shape[0] for x in clips) / 16000
@@ -120,7 +125,9 @@ def main() -> None:
     ref_emb = torch.stack([port_embedding(port, x) for x in everything])
     emb = {"torchmos fp32, file by file": torch.cat([fp32.embed([x]) for x in everything]),
            "torchmos fp32, whole list in one call": fp32.embed(everything),
-           "torchmos bf16 autocast, file by file": torch.cat([bf16.embed([x]) for x in everything])}
+           }
+    if "torchmos bf16 autocast, file by file" in methods:
+        emb["torchmos bf16 autocast, file by file"] = torch.cat([bf16.embed([x]) for x in everything])
 
     base = next(iter(methods))
     t_ref = statistics.median(times[base])
@@ -136,7 +143,7 @@ def main() -> None:
     info = {"torch": torch.__version__, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "corpus_seconds": round(audio_s, 1), "clips": len(clips), "rounds": args.rounds,
-            "real_speech_files": len(real), "architecture": "wav2vec 2.0 BASE (Wav2Vec2Config()), random weights",
+            "real_speech_files": len(real), "bf16_native": bf16_supported(), "architecture": "wav2vec 2.0 BASE (Wav2Vec2Config()), random weights",
             "cpu_caps_env": {k: os.environ.get(k) for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
                                                             "MKL_ENABLE_INSTRUCTIONS", "OMP_WAIT_POLICY")},
             "cpu_flags": cpu_flags()}
@@ -149,7 +156,7 @@ def main() -> None:
         print(f"| {r['method']} | {r['median_s']:.2f} | {r['x_realtime']:.1f} | {r['speed_vs_port']:.2f}x | "
               f"{r['max_abs_mos_diff']:.1e} | {r['max_abs_mos_diff_real']:.1e} | {r['max_abs_embedding_diff']:.1e} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"provenance": provenance(), "info": info, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"provenance": where, "info": info, "rows": rows}, indent=2))
     ckpt.unlink()
     tmp.rmdir()
 

@@ -17,7 +17,8 @@ from torchmos.models.distillmos import DistillMOSModel, size_config
 from torchmos.training import pearson, spearman
 from torchmos.training.distill_data import Items, make_items
 
-STEPS = 240
+STEPS = 360
+SECONDS = 7.5  # DistillMOS' crop: longer clips average the teacher's reaction to the content
 
 
 @pytest.fixture(autouse=True)
@@ -26,28 +27,28 @@ def _home(tmp_home):
 
 
 @pytest.mark.slow
-# Not reached yet (issue 14 stays open): 60 steps gave Spearman 0.81, 240 steps 0.855
-# (Pearson 0.925). Strict: the day it passes, this marker must go.
-@pytest.mark.xfail(strict=True, reason="the half-width student reaches Spearman 0.855 < 0.9 with its teacher "
-                                       "at 240 steps; the recipe's data/schedule need tuning (issue 14)")
 def test_half_width_student_ranks_held_out_clips_as_its_teacher(tmp_path):
+    # Many files in few versions: with 24 files in 6 versions the student fitted its
+    # training variants (Spearman 0.97) but reached only 0.85 on held-out files; the
+    # teacher's scores of generated speech depend on the clip as much as on the
+    # degradation, and that takes many clips to learn.
     torch.set_num_threads(2)
-    train, held = tmp_path / "train", tmp_path / "held"
-    for folder, n, seed in ((train, 24, 0), (held, 6, 50_000)):
+    train, held, test = tmp_path / "train", tmp_path / "held", tmp_path / "test"
+    for folder, n, seed in ((train, 96, 0), (held, 6, 50_000), (test, 16, 60_000)):
         folder.mkdir()
         for i in range(n):
-            sf.write(str(folder / f"c{i:02d}.wav"), synth.speech_like(3.0, 16000, seed=seed + i).numpy(), 16000)
+            sf.write(str(folder / f"c{i:02d}.wav"), synth.speech_like(SECONDS, 16000, seed=seed + i).numpy(), 16000)
     out = tmp_path / "run"
     assert cli.main(["train", "distill", "--audio", str(train), "--valid", str(held), "--out", str(out),
                      "--teacher", "distillmos", "--width", "0.5", "--depth", "0.5", "--steps", str(STEPS),
-                     "--batch-size", "8", "--variants", "6", "--valid-variants", "4",
+                     "--batch-size", "8", "--variants", "3", "--valid-variants", "4",
                      "--val-every", "0", "--seed", "5", "--no-progress"]) == 0
     student = DistillMOSModel.from_pretrained(checkpoint=out / "student.pt")
     assert student.size == size_config(0.5, 0.5)
-    # the held-out clips, degraded independently of the run (other seed, all kinds)
-    entries = audio.find_audio([str(held)])
+    # held-out files, degraded independently of the run (other seed, all kinds)
+    entries = audio.find_audio([str(test)])
     items = Items(entries, [])
-    items.items = make_items(items.ids, [3.0] * len(entries), 4, seed=99, crop_seconds=7.68,
+    items.items = make_items(items.ids, [SECONDS] * len(entries), 4, seed=99, crop_seconds=7.68,
                              kinds=list(synth.KINDS), clean_fraction=0.1, stream="test")
     clips = [items.load(i) for i in range(len(items))]
     teacher = DistillMOSModel.from_pretrained()
