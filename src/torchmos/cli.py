@@ -156,7 +156,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--reference-set", default=None, help="clean speech set for non-matching reference mode")
     s.add_argument("--workers", default="auto", metavar="N",
                    help="processes that read and resample files while the model scores (0: in this process; "
-                        "default auto: one per two cores, none for a run of one or two batches)")
+                        "default auto: on a GPU one per two cores; on the CPU, or for a run of one or two batches, "
+                        "none)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
 

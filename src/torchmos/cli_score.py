@@ -97,12 +97,19 @@ class _InFileProgress:
         return update
 
 
-def _workers(spec: str, todo: int, batch_size: int, dist: cli_shard.Dist | None) -> int:
-    """``--workers``: a number (0 reads in this process), or ``auto``: in this process for a
-    run of one or two batches (nothing to gain from starting a worker), else
-    :func:`~torchmos.audio.loader.default_workers` for this process's share of the cores."""
+def _workers(spec: str, todo: int, batch_size: int, dist: cli_shard.Dist | None,
+             device: torch.device | None = None) -> int:
+    """``--workers``: a number (0 reads in this process), or ``auto``: on an accelerator
+    :func:`~torchmos.audio.loader.default_workers` for this process's share of the cores
+    (they read while the device computes); in this process for a model on the CPU (its
+    threads use every core, and a reading process competes with them: on 2 cores one
+    worker made the run 1.30x the model's own time where reading in the process made it
+    1.03x, ``benchmarks/results/cli.json``) and for a run of one or two batches (nothing
+    to overlap)."""
     if spec == "auto":
-        return 0 if todo <= 2 * batch_size else default_workers(dist.local_world if dist else 1)
+        if todo <= 2 * batch_size or device is None or device.type == "cpu":
+            return 0
+        return default_workers(dist.local_world if dist else 1)
     try:
         n = int(spec)
     except ValueError:
@@ -173,7 +180,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     in_file = _InFileProgress(quiet=args.quiet or not lead)
     reader = Reader(card.sample_rate or None, card.min_seconds, refs, args.reference or "",
                     long_frames=_InFileProgress.LONG)
-    workers = _workers(args.workers, len(todo), args.batch_size, dist)
+    workers = _workers(args.workers, len(todo), args.batch_size, dist, device)
     # the workers start reading now, while the model loads
     reading = read_batches(todo, reader, args.batch_size, workers, progress=lambda e: in_file(e.label))
     try:

@@ -129,12 +129,15 @@ def test_workers_must_be_auto_or_a_count(folder, capsys, value):
     assert rc == 2 and "--workers must be auto or a number 0 or more" in err
 
 
-def test_auto_workers_read_in_process_for_one_or_two_batches_only():
+def test_auto_workers_read_beside_an_accelerator_only():
     from torchmos.cli_score import _workers
 
-    assert _workers("auto", 16, 8, None) == 0
-    assert _workers("auto", 17, 8, None) == loader.default_workers() >= 1
-    assert _workers("3", 5, 8, None) == 3
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _workers("auto", 16, 8, None, gpu) == 0  # one or two batches: nothing to overlap
+    assert _workers("auto", 17, 8, None, gpu) == loader.default_workers() >= 1
+    assert _workers("auto", 1000, 8, None, cpu) == 0  # the model's threads use every core
+    assert _workers("auto", 1000, 8, None) == 0
+    assert _workers("3", 5, 8, None, cpu) == 3
 
 
 class _Logged(loader.Reader):
