@@ -103,7 +103,7 @@ def _workers(spec: str, todo: int, batch_size: int, dist: cli_shard.Dist | None,
     :func:`~torchmos.audio.loader.default_workers` for this process's share of the cores
     (they read while the device computes); in this process for a model on the CPU (its
     threads use every core, and a reading process competes with them: on 2 cores one
-    worker made the run 1.30x the model's own time where reading in the process made it
+    worker made the run 1.15x the model's own time where reading in the process made it
     1.03x, ``benchmarks/results/cli.json``) and for a run of one or two batches (nothing
     to overlap)."""
     if spec == "auto":

@@ -101,9 +101,10 @@ class Reader:
 
 
 def default_workers(local_world_size: int = 1) -> int:
-    """Reading processes per scoring process: one per two cores it has (its share of the
-    machine's cores among ``local_world_size`` processes), at least one, at most four.
-    ``benchmarks/bench_cli.py`` measures 0, 1 and 2 workers side by side."""
+    """Reading processes per scoring process beside an accelerator: one per two cores it
+    has (its share of the machine's cores among ``local_world_size`` processes), at least
+    one, at most four. ``benchmarks/bench_cli.py`` measures 0, 1 and 2 workers side by
+    side (on the CPU; ``torchmos score`` reads in the process there)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
