@@ -51,10 +51,12 @@ SMALL_W2V = {"num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 
 KEEP = (2, 2)  # layers, heads per layer of the pruned model
 
 
-def write_clips(folder: Path, n: int, seconds: float, seed: int) -> Path:
+def write_clips(folder: Path, n: int, seconds: float, seed: int, name: str = "s{0:05d}") -> Path:
+    """``n`` speech-like clips (seeds ``seed`` ...) in ``folder``, named ``name.format(seed + i, i)``."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        sf.write(str(folder / f"s{seed + i:05d}.wav"), synth.speech_like(seconds, 16000, seed=seed + i).numpy(), 16000)
+        x = synth.speech_like(seconds, 16000, seed=seed + i)
+        sf.write(str(folder / f"{name.format(seed + i, i)}.wav"), x.numpy(), 16000)
     return folder
 
 

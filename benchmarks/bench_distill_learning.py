@@ -23,15 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_distill import agreement as _agreement  # noqa: E402
+from bench_distill import write_clips  # noqa: E402
 from common import provenance  # noqa: E402
 
 from torchmos import audio, cli, synth  # noqa: E402
 from torchmos.models.distillmos import DistillMOSModel  # noqa: E402
-from torchmos.training import pearson, spearman  # noqa: E402
 from torchmos.training.distill_data import Items, make_items  # noqa: E402
 
 
@@ -43,8 +43,7 @@ def agreement(folder: Path, seconds: float, variants: int, seed: int, stream: st
                              kinds=list(synth.KINDS), clean_fraction=0.1, stream=stream)
     clips = [items.load(i) for i in range(len(items))]
     t, s = teacher(clips), student(clips)
-    return {"clips": len(clips), "spearman": round(spearman(s, t), 4), "pearson": round(pearson(s, t), 4),
-            "mae": round(float((s - t).abs().mean()), 4), "teacher_spread": round(float(t.max() - t.min()), 3)}
+    return {"clips": len(clips), **_agreement(s, t), "teacher_spread": round(float(t.max() - t.min()), 3)}
 
 
 def main() -> int:
@@ -64,10 +63,7 @@ def main() -> int:
     try:
         train, held, test = root / "train", root / "held", root / "test"
         for folder, n, seed in ((train, a.files, 0), (held, 6, 50_000), (test, 16, 60_000)):
-            folder.mkdir()
-            for i in range(n):
-                x = synth.speech_like(a.seconds, 16000, seed=seed + i)
-                sf.write(str(folder / f"c{i:02d}.wav"), x.numpy(), 16000)
+            write_clips(folder, n, a.seconds, seed, name="c{1:02d}")  # the test's names: its draws
         t0 = time.perf_counter()
         code = cli.main(["train", "distill", "--audio", str(train), "--valid", str(held), "--out", str(root / "run"),
                          "--teacher", "distillmos", "--width", "0.5", "--depth", "0.5", "--steps", str(a.steps),
