@@ -27,6 +27,14 @@ class UsageError(Exception):
     """A wrong command line: one line on stderr and exit status 2."""
 
 
+def say(text: str) -> None:
+    """One line to stderr in a single write: the ranks of a torchrun job share one stderr,
+    and ``print`` writes the text and its newline apart, so under ``PYTHONUNBUFFERED`` (as CI
+    and many clusters set it) two ranks' lines could run into one."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def is_jsonl(path: str | None) -> bool:
     return bool(path) and str(path).endswith((".jsonl", ".json"))
 
@@ -87,8 +95,8 @@ def iter_rows(path: str | None, repair: bool = True) -> Iterator[dict[str, Any]]
             for lineno, row in enumerate(csv.DictReader(lines), 2):
                 yield _checked_row(row, path, lineno)
     if repair and end < os.path.getsize(path):  # a cut-off last row: repair the file
-        print(f"torchmos: {path}: the last row was cut off (an interrupted run); it is removed and "
-              "its file scored again.", file=sys.stderr)
+        say(f"torchmos: {path}: the last row was cut off (an interrupted run); it is removed and "
+            "its file scored again.")
         with open(path, "r+b") as f:
             f.truncate(end)
 

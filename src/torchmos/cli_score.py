@@ -21,7 +21,7 @@ import torch
 from . import audio, cli_shard, functional, hub, models
 from .audio.loader import Item, Reader, default_workers, read_batches
 from .cli_rows import FIELDS as FIELDS
-from .cli_rows import USAGE, Stats, UsageError, Writer, iter_rows, summary
+from .cli_rows import USAGE, Stats, UsageError, Writer, iter_rows, say, summary
 from .cli_rows import previous_rows as _previous_rows  # noqa: F401 - torchmos.cli (the demo) reads it here
 
 __all__ = ["FIELDS", "USAGE", "UsageError", "cmd_score"]
@@ -207,7 +207,7 @@ def _exit(interrupted: bool, new: int, output: str | None, failures: list[tuple[
     if interrupted:
         again = ("rerun the same command with --resume to score the rest" if output else
                  "rerun with --output FILE to be able to resume")
-        print(f"torchmos: interrupted after {new} new row(s); {again}.", file=sys.stderr)
+        say(f"torchmos: interrupted after {new} new row(s); {again}.")
         return 130
     return 1 if failures else 0
 
@@ -239,10 +239,10 @@ def _score_all(reading: Any, reader: Reader, in_file: _InFileProgress, model: An
                 if item.deferred:  # a long file: read here, with its own progress bar
                     item = reader(item.index, item.entry, progress=in_file(item.entry.label))
                 for w in item.warnings:
-                    print(f"torchmos: warning: {w}", file=sys.stderr)
+                    say(f"torchmos: warning: {w}")
                 if item.error is not None:
                     failures.append((item.entry.label, item.error))
-                    print(f"torchmos: skipped: {item.error}", file=sys.stderr)
+                    say(f"torchmos: skipped: {item.error}")
                     if isinstance(sink, cli_shard.Part):
                         sink.write({"i": item.index, "id": item.entry.id, "error": item.error})
                     bar.update(1)

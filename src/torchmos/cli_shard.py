@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 import soundfile as sf
 
 from .audio import AudioEntry
-from .cli_rows import Stats, UsageError, Writer, complete_length
+from .cli_rows import Stats, UsageError, Writer, complete_length, say
 
 __all__ = ["BEAT_S", "Dist", "Part", "context", "merge", "plan", "shard", "wait_for_parts"]
 
@@ -350,4 +349,4 @@ class _limited:
 
 
 def note(dist: Dist, text: str) -> None:
-    print(f"torchmos: [rank {dist.rank}/{dist.world}] {text}", file=sys.stderr)
+    say(f"torchmos: [rank {dist.rank}/{dist.world}] {text}")

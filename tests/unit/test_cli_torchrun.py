@@ -77,6 +77,28 @@ def _row(i: int, score: float = 3.0) -> dict:
             "duration_s": 1.0, "sample_rate": 16000}
 
 
+class _Writes:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, s: str) -> int:
+        self.writes.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        self.writes.append("<flush>")
+
+
+def test_a_ranks_note_is_one_write_of_a_whole_line(monkeypatch):
+    """Ranks share one stderr; under PYTHONUNBUFFERED each write is its own system call, so a
+    line written in two pieces (``print`` writes the newline apart) can be split by another
+    rank's line (CI saw ``...1 to score.torchmos: [rank 1/2] ...`` on one line)."""
+    err = _Writes()
+    monkeypatch.setattr(sys, "stderr", err)
+    cli_shard.note(cli_shard.Dist(1, 2, 1, 2), "4 file(s) in this shard")
+    assert err.writes == ["torchmos: [rank 1/2] 4 file(s) in this shard\n", "<flush>"]
+
+
 def test_rank0_names_a_shard_whose_rank_stopped(tmp_path):
     out = str(tmp_path / "s.csv")
     dist = cli_shard.Dist(0, 3, 0, 3)
@@ -141,6 +163,7 @@ def _torchmos(*argv: str, nproc: int | None = None) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT")}
     env["TORCHMOS_SHARD_STALE_S"] = "60"
+    env["PYTHONUNBUFFERED"] = "1"  # as CI sets it: the ranks' lines must not run into each other
     return subprocess.run([*cmd, "score", *argv, "-q"], capture_output=True, text=True, timeout=600, env=env)
 
 
