@@ -37,6 +37,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from . import winograd
+
 __all__ = ["SplicePlan", "TailSplice", "content_end", "first_zero_frame", "leading_zeros", "run_layers"]
 
 # elementwise modules that may sit between the convolutions
@@ -45,11 +47,14 @@ _ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.GELU, nn.SiLU, nn.ELU, nn.PReLU, nn.Ta
 
 def run_layers(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``seq(x)``, with the leaky ReLUs in place where no gradient is recorded (same values,
-    no copies)."""
+    no copies), and the 3x3 convolutions by Winograd's F(4, 3) along time in float32 on
+    CPU (:mod:`~torchmos.models.winograd`: the same convolution, to float rounding)."""
     inplace = not torch.is_grad_enabled()
     for m in seq:
         if inplace and isinstance(m, nn.LeakyReLU):
             x = nn.functional.leaky_relu(x, m.negative_slope, inplace=True)
+        elif inplace and winograd.applies(m, x):
+            x = winograd.conv2d(m, x)
         else:
             x = m(x)
     return x

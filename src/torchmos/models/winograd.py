@@ -1,0 +1,121 @@
+"""3x3 convolutions with Winograd's F(4, 3) along time, for inference on CPU.
+
+DistillMOS's CNN is five 3x3 convolutions with stride 1 in time (and 1 or 2 in
+frequency) before its last one. Direct convolution spends 9 multiply-adds per weight and
+output; Winograd's minimal filtering algorithm F(4, 3) (Lavin and Gray, "Fast Algorithms
+for Convolutional Neural Networks", 2016), applied along time only, computes 4 outputs
+of a 3-tap filter from 6 inputs with 6 products instead of 12:
+
+* each tile of 6 input frames (starting every 4 frames) is transformed by ``B^T`` into
+  6 frames, a few additions per value;
+* the 3 time taps of the kernel are transformed by ``G`` into 6 (once per set of weights);
+* the 6 transformed inputs are convolved with the 6 transformed kernels, each a 3x1
+  convolution over frequency: the same GEMMs as before, on a third of the taps and half
+  the frames, so half the multiply-adds;
+* ``A^T`` turns the 6 results back into 4 output frames.
+
+In exact arithmetic the result is the convolution's; in float32 it differs by rounding
+(about 3e-6 of a layer's largest output with DistillMOS's weights), and DistillMOS's
+scores by far less than the 1e-4 the exact mode keeps to the reference
+(``tests/unit/test_winograd.py``, ``benchmarks/bench_distillmos.py``). It is used only for
+float32 on CPU where no gradient is recorded and no autocast is active: elsewhere (CUDA,
+bf16, training, the MOS loss) the convolution runs as written.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+from torch import nn
+
+__all__ = ["MIN_FRAMES", "MIN_OUT_CHANNELS", "applies", "conv2d"]
+
+M, R = 4, 3  # outputs per tile, filter taps
+A = M + R - 1  # inputs per tile
+MIN_FRAMES = 8  # narrower inputs run as written (nothing to save)
+MIN_OUT_CHANNELS = 128
+
+# F(4, 3) at the points 0, 1, -1, 2, -2 and infinity
+_G = torch.tensor([[1 / 4, 0, 0],
+                   [-1 / 6, -1 / 6, -1 / 6],
+                   [-1 / 6, 1 / 6, -1 / 6],
+                   [1 / 24, 1 / 12, 1 / 6],
+                   [1 / 24, -1 / 12, 1 / 6],
+                   [0, 0, 1]], dtype=torch.float64)
+
+_cache: weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple, list[torch.Tensor]]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def applies(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`conv2d` runs ``conv(x)``: a plain 3x3 convolution with stride 1 and
+    padding 1 in time, float32 on CPU, no gradient recorded, no autocast, an input of at
+    least :data:`MIN_FRAMES` frames, and at least :data:`MIN_OUT_CHANNELS` output channels
+    (below that the transforms, which grow with the channels, cost more than the products
+    saved, which grow with their product: measured by ``benchmarks/bench_distillmos_stages.py``)."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride[1] == 1
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and conv.padding[1] == 1 and conv.out_channels >= MIN_OUT_CHANNELS
+            and x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32
+            and conv.weight.dtype == torch.float32 and x.shape[-1] >= MIN_FRAMES
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+
+
+def _kernels(conv: nn.Conv2d) -> list[torch.Tensor]:
+    """The 6 transformed kernels (O, I, 3, 1), computed in float64 once per set of weights
+    (recomputed when a parameter is replaced or changed in place)."""
+    w = conv.weight
+    key = (w.data_ptr(), w._version, w.dtype, str(w.device))
+    hit = _cache.get(conv)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    with torch.inference_mode(False), torch.no_grad():
+        u = torch.einsum("jk,oifk->joif", _G, w.detach().double()).to(w.dtype)
+        kernels = [u[j].unsqueeze(-1).contiguous(memory_format=torch.channels_last) for j in range(A)]
+    with _lock:
+        _cache[conv] = (key, kernels)
+    return kernels
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for (N, C, F, T) ``x`` where :func:`applies`; channels-last output."""
+    n, _, _, t = x.shape
+    tiles = -(-t // M)
+    # time padding: 1 on the left (the convolution's), zeros on the right up to whole tiles
+    xl = nn.functional.pad(x, (1, tiles * M + R - 1 - t - 1)).permute(0, 2, 3, 1)  # (N, F, T', C)
+    if not xl.is_contiguous():
+        xl = xl.contiguous()
+    d = [xl[:, :, k : k + M * (tiles - 1) + 1 : M] for k in range(A)]  # (N, F, tiles, C) each
+    # B^T d
+    s34, d34 = d[3] + d[4], d[4] - d[3]
+    s12, d12 = d[1] + d[2], d[1] - d[2]
+    e = d[4] - d[2]
+    f = d[3] - d[1]
+    v = [torch.add(d[4], d[2], alpha=-5).add_(d[0], alpha=4),
+         torch.add(s34, s12, alpha=-4),
+         torch.add(d34, d12, alpha=4),
+         torch.add(e, f, alpha=2),
+         torch.add(e, f, alpha=-2),
+         torch.add(d[5], d[3], alpha=-5).add_(d[1], alpha=4)]
+    del d, s34, d34, s12, d12, e, f
+    kernels = _kernels(conv)
+    stride, pad = (conv.stride[0], 1), (conv.padding[0], 0)
+    # the products: 3x1 convolutions over frequency; the bias rides on m1 (see below)
+    m = [nn.functional.conv2d(v[j].permute(0, 3, 1, 2), kernels[j], conv.bias if j == 1 else None,
+                              stride=stride, padding=pad).permute(0, 2, 3, 1) for j in range(A)]
+    del v
+    fo, o = m[0].shape[1], m[0].shape[-1]
+    out = torch.empty((n, fo, tiles, M, o), dtype=x.dtype, device=x.device)
+    # A^T m; m1 carries the bias, and each output takes m1 exactly once
+    s12, d12 = m[1] + m[2], m[1] - m[2]
+    s34, d34 = m[3] + m[4], m[3] - m[4]
+    torch.add(m[0], s12, out=out[:, :, :, 0]).add_(s34)
+    torch.add(d12, d34, alpha=2, out=out[:, :, :, 1])
+    torch.add(s12, s34, alpha=4, out=out[:, :, :, 2])
+    torch.add(d12, d34, alpha=8, out=out[:, :, :, 3]).add_(m[5])
+    out = out.view(n, fo, tiles * M, o)
+    if tiles * M != t:
+        out = out[:, :, :t].contiguous()
+    return out.permute(0, 3, 1, 2)  # (N, O, F', T), channels-last in memory

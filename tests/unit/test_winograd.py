@@ -1,0 +1,92 @@
+"""Winograd F(4, 3) along time for DistillMOS's 3x3 convolutions (CPU, float32, inference):
+the same convolution to float rounding, used only where it applies, and the same scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from torchmos import synth
+from torchmos.models import distillmos_splice, winograd
+from torchmos.models.distillmos import DistillMOSModel
+
+
+def _conv(cin: int, cout: int, stride_f: int, pad_f: int, bias: bool = True, seed: int = 0) -> nn.Conv2d:
+    torch.manual_seed(seed)
+    return nn.Conv2d(cin, cout, 3, stride=(stride_f, 1), padding=(pad_f, 1), bias=bias)
+
+
+@pytest.mark.parametrize("frames", [8, 9, 10, 11, 12, 13, 31, 100])
+@pytest.mark.parametrize(("stride_f", "pad_f", "bias"), [(1, 0, True), (2, 0, True), (2, 1, False), (1, 1, True)])
+def test_it_is_the_convolution(frames, stride_f, pad_f, bias):
+    conv = _conv(16, 128, stride_f, pad_f, bias, seed=frames)
+    x = torch.randn(2, 16, 11, frames).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert winograd.applies(conv, x)
+        want, got = conv(x), winograd.conv2d(conv, x)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_contiguous_input_works_too():
+    conv = _conv(8, 128, 2, 0)
+    x = torch.randn(1, 8, 9, 20)
+    with torch.no_grad():
+        assert torch.allclose(winograd.conv2d(conv, x), conv(x), atol=1e-5)
+
+
+def test_it_applies_only_to_float32_cpu_inference_of_plain_3x3_time_stride_1():
+    conv, x = _conv(16, 128, 2, 0), torch.randn(1, 16, 9, 20)
+    assert not winograd.applies(conv, x)  # a gradient is being recorded
+    with torch.no_grad():
+        assert winograd.applies(conv, x)
+        assert not winograd.applies(conv, x[..., : winograd.MIN_FRAMES - 1])
+        assert not winograd.applies(conv.double(), x.double())
+        assert not winograd.applies(_conv(16, winograd.MIN_OUT_CHANNELS - 1, 2, 0), x)
+        assert not winograd.applies(nn.Conv2d(16, 128, 3, stride=(2, 2), padding=(0, 1)), x)
+        assert not winograd.applies(nn.Conv2d(16, 128, 3, padding=(0, 2), dilation=(1, 2)), x)
+        assert not winograd.applies(nn.Conv2d(16, 128, (3, 5), padding=(0, 2)), x)
+        assert not winograd.applies(nn.Conv2d(16, 128, 3, padding=(0, 1), padding_mode="circular"), x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not winograd.applies(conv, x)
+    with torch.inference_mode():
+        assert winograd.applies(_conv(16, 128, 2, 0), x)
+
+
+def test_the_kernels_follow_the_weights():
+    conv, x = _conv(16, 128, 1, 0), torch.randn(1, 16, 9, 20)
+    with torch.no_grad():
+        winograd.conv2d(conv, x)
+        conv.weight.mul_(-2.0)  # in place
+        assert torch.allclose(winograd.conv2d(conv, x), conv(x), atol=1e-4)
+        conv.weight = nn.Parameter(torch.randn_like(conv.weight))  # replaced
+        assert torch.allclose(winograd.conv2d(conv, x), conv(x), atol=1e-4)
+
+
+def test_distillmos_runs_its_wide_layers_by_winograd_and_scores_as_direct_convolution(monkeypatch):
+    model = DistillMOSModel.from_pretrained()
+    clips = [synth.add_noise(synth.speech_like(s, seed=i), snr_db=10.0, seed=i) for i, s in enumerate((1.3, 4.0, 9.0))]
+    calls = []
+    real = winograd.conv2d
+
+    def counted(conv, x):
+        calls.append(conv.out_channels)
+        return real(conv, x)
+
+    monkeypatch.setattr(winograd, "conv2d", counted)
+    fast = model(clips)
+    assert calls and set(calls) == {128, 256}  # layers 3-5 (out 128, 256, 256), not 1, 2 (64) or 6 (time stride 2)
+    monkeypatch.setattr(winograd, "applies", lambda conv, x: False)
+    calls.clear()
+    direct = model(clips)
+    assert not calls
+    assert torch.allclose(fast, direct, rtol=0, atol=1e-5), (fast - direct).abs().max()
+
+
+def test_not_with_a_gradient(monkeypatch):
+    model = DistillMOSModel.from_pretrained()
+    monkeypatch.setattr(winograd, "conv2d", lambda conv, x: pytest.fail("Winograd under a gradient"))
+    x = torch.randn(1, 2, 161, 40, requires_grad=True)
+    distillmos_splice.run_layers(model.cnn.cnn, x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
