@@ -2,6 +2,7 @@
 
     python benchmarks/bench_cli.py                              # 192 files, 2 rounds, RSS over 10,000
     python benchmarks/bench_cli.py --files 192 --rounds 2 --rss-files 10000 --json benchmarks/results/cli.json
+    python benchmarks/bench_cli.py --setting avx2 --json benchmarks/results/cli_avx2.json   # the common x86 CPU
 
 Everything is measured side by side in one run, the commands interleaved round by round
 (so a change of load hits them alike), on a generated corpus of 1-6 s speech-like files
@@ -33,6 +34,8 @@ at 16, 22.05, 24, 44.1 and 48 kHz (16-bit WAV) in a temporary folder:
    memory per file, which is what could grow with the number of files.
 
 Threads: each process uses torch's default (one per core); torchrun gives its ranks one.
+``--setting avx2`` runs every process (this one and the commands) with the caps of
+``benchmarks/cpu_settings.py``, as on an AVX2-only CPU.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance  # noqa: E402
+from cpu_settings import SETTINGS, cpu_flags, reexec_under  # noqa: E402
 
 from torchmos import audio, synth  # noqa: E402
 
@@ -228,9 +232,14 @@ def main() -> int:
     ap.add_argument("--rss-model-files", type=int, default=1000,
                     help="files for the memory run with the DistillMOS model (0 skips it)")
     ap.add_argument("--no-torchrun", action="store_true")
+    ap.add_argument("--setting", default="native", choices=list(SETTINGS),
+                    help="CPU setting of every process (benchmarks/cpu_settings.py; avx2: the common x86 CPU)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    reexec_under(args.setting)  # before anything is measured; torch reads the caps at import
     where = provenance()
+    print(f"CPU setting {args.setting} {SETTINGS[args.setting]}: torch capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; CPU flags {' '.join(cpu_flags())}")
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     folder = work / "corpus"
@@ -299,7 +308,9 @@ def main() -> int:
     print(f"benchmark took {took:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "provenance": where, "files": args.files, "audio_s": round(seconds, 1), "rates": RATES,
+            "provenance": where, "setting": {"name": args.setting, "env": SETTINGS[args.setting],
+                                             "capability": torch.backends.cpu.get_cpu_capability()},
+            "files": args.files, "audio_s": round(seconds, 1), "rates": RATES,
             "batch_size": args.batch_size, "rounds": args.rounds,
             "wall_s": {k: [round(x, 3) for x in v] for k, v in {**wall, **inproc}.items()},
             "median_s": {k: round(v, 3) for k, v in med.items()},

@@ -50,6 +50,18 @@ def run_child(script: str, setting: str, args: list[str]) -> dict:
     return result
 
 
+def reexec_under(setting: str) -> None:
+    """Make this process run under ``setting``: when its environment does not have exactly
+    the setting's caps, start this script again with them (torch reads them at import), so
+    that the process and every command it starts run under the setting."""
+    env = {k: v for k, v in os.environ.items() if k not in _CAPPED}
+    env.update(SETTINGS[setting])
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if any(os.environ.get(k) != env.get(k) for k in (*_CAPPED, "OMP_WAIT_POLICY")):
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 def add_arguments(ap: argparse.ArgumentParser, settings: list[str] | None = None) -> None:
     """The options of every benchmark that measures per setting: ``--settings`` (default
     ``settings``, else all), ``--json``, and the hidden ``--child`` of :func:`run_child`."""

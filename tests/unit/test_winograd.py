@@ -1,5 +1,6 @@
 """Winograd F(4, 3) along time for DistillMOS's 3x3 convolutions (CPU, float32, inference):
-the same convolution to float rounding, used only where it applies, and the same scores."""
+the same convolution to float rounding, used only where it applies and pays (AVX2 kernels),
+and the same scores."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_it_is_the_convolution(frames, stride_f, pad_f, bias):
     conv = _conv(16, 128, stride_f, pad_f, bias, seed=frames)
     x = torch.randn(2, 16, 11, frames).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        assert winograd.applies(conv, x)
+        assert winograd.eligible(conv, x)
         want, got = conv(x), winograd.conv2d(conv, x)
     assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
@@ -36,11 +37,15 @@ def test_a_contiguous_input_works_too():
         assert torch.allclose(winograd.conv2d(conv, x), conv(x), atol=1e-5)
 
 
-def test_it_applies_only_to_float32_cpu_inference_of_plain_3x3_time_stride_1():
+def test_it_is_eligible_only_for_float32_cpu_inference_of_plain_3x3_time_stride_1(monkeypatch):
+    monkeypatch.setattr(winograd, "pays_here", lambda: True)
     conv, x = _conv(16, 128, 2, 0), torch.randn(1, 16, 9, 20)
     assert not winograd.applies(conv, x)  # a gradient is being recorded
     with torch.no_grad():
         assert winograd.applies(conv, x)
+        monkeypatch.setattr(winograd, "pays_here", lambda: False)  # an AVX-512 CPU
+        assert not winograd.applies(conv, x) and winograd.eligible(conv, x)
+        monkeypatch.setattr(winograd, "pays_here", lambda: True)
         assert not winograd.applies(conv, x[..., : winograd.MIN_FRAMES - 1])
         assert not winograd.applies(conv.double(), x.double())
         assert not winograd.applies(_conv(16, winograd.MIN_OUT_CHANNELS - 1, 2, 0), x)
@@ -54,6 +59,12 @@ def test_it_applies_only_to_float32_cpu_inference_of_plain_3x3_time_stride_1():
         assert winograd.applies(_conv(16, 128, 2, 0), x)
 
 
+def test_it_pays_with_avx2_kernels_only(monkeypatch):
+    for cap, want in (("AVX2", True), ("AVX512", False), ("DEFAULT", False), ("NEON", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda cap=cap: cap)
+        assert winograd.pays_here() is want
+
+
 def test_the_kernels_follow_the_weights():
     conv, x = _conv(16, 128, 1, 0), torch.randn(1, 16, 9, 20)
     with torch.no_grad():
@@ -65,6 +76,7 @@ def test_the_kernels_follow_the_weights():
 
 
 def test_distillmos_runs_its_wide_layers_by_winograd_and_scores_as_direct_convolution(monkeypatch):
+    monkeypatch.setattr(winograd, "pays_here", lambda: True)
     model = DistillMOSModel.from_pretrained()
     clips = [synth.add_noise(synth.speech_like(s, seed=i), snr_db=10.0, seed=i) for i, s in enumerate((1.3, 4.0, 9.0))]
     calls = []
@@ -86,6 +98,7 @@ def test_distillmos_runs_its_wide_layers_by_winograd_and_scores_as_direct_convol
 
 def test_not_with_a_gradient(monkeypatch):
     model = DistillMOSModel.from_pretrained()
+    monkeypatch.setattr(winograd, "pays_here", lambda: True)
     monkeypatch.setattr(winograd, "conv2d", lambda conv, x: pytest.fail("Winograd under a gradient"))
     x = torch.randn(1, 2, 161, 40, requires_grad=True)
     distillmos_splice.run_layers(model.cnn.cnn, x).sum().backward()

@@ -19,7 +19,8 @@ In exact arithmetic the result is the convolution's; in float32 it differs by ro
 scores by far less than the 1e-4 the exact mode keeps to the reference
 (``tests/unit/test_winograd.py``, ``benchmarks/bench_distillmos.py``). It is used only for
 float32 on CPU where no gradient is recorded and no autocast is active: elsewhere (CUDA,
-bf16, training, the MOS loss) the convolution runs as written.
+bf16, training, the MOS loss) the convolution runs as written, and so it does on a CPU
+with AVX-512, where oneDNN's direct convolution is faster than F(4, 3) (:func:`pays_here`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import weakref
 import torch
 from torch import nn
 
-__all__ = ["MIN_FRAMES", "MIN_OUT_CHANNELS", "applies", "conv2d"]
+__all__ = ["MIN_FRAMES", "MIN_OUT_CHANNELS", "applies", "conv2d", "eligible", "pays_here"]
 
 M, R = 4, 3  # outputs per tile, filter taps
 A = M + R - 1  # inputs per tile
@@ -49,8 +50,22 @@ _cache: weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple, list[torch.Tensor]]] =
 _lock = threading.Lock()
 
 
+def pays_here() -> bool:
+    """Whether the CPU's kernels are AVX2 ones (``torch.backends.cpu.get_cpu_capability()``),
+    where F(4, 3) beats oneDNN's direct convolution. With AVX-512 oneDNN's direct
+    convolution is about twice as fast, and F(4, 3) is slower than it
+    (``benchmarks/results/distillmos.json``, settings ``avx2`` and ``native``)."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
 def applies(conv: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :func:`conv2d` runs ``conv(x)``: a plain 3x3 convolution with stride 1 and
+    """Whether :func:`conv2d` runs ``conv(x)``: on a CPU where it pays (:func:`pays_here`),
+    a convolution it can run (:func:`eligible`)."""
+    return eligible(conv, x) and pays_here()
+
+
+def eligible(conv: nn.Module, x: torch.Tensor) -> bool:
+    """Whether :func:`conv2d` can run ``conv(x)``: a plain 3x3 convolution with stride 1 and
     padding 1 in time, float32 on CPU, no gradient recorded, no autocast, an input of at
     least :data:`MIN_FRAMES` frames, and at least :data:`MIN_OUT_CHANNELS` output channels
     (below that the transforms, which grow with the channels, cost more than the products
