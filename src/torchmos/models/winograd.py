@@ -31,12 +31,13 @@ import weakref
 import torch
 from torch import nn
 
-__all__ = ["MIN_FRAMES", "MIN_OUT_CHANNELS", "applies", "conv2d", "eligible", "pays_here"]
+__all__ = ["BLOCK", "MIN_CHANNELS", "MIN_FRAMES", "applies", "conv2d", "eligible", "pays_here"]
 
 M, R = 4, 3  # outputs per tile, filter taps
 A = M + R - 1  # inputs per tile
 MIN_FRAMES = 8  # narrower inputs run as written (nothing to save)
-MIN_OUT_CHANNELS = 128
+MIN_CHANNELS = 128
+BLOCK = 96  # tiles per pass of the transforms (384 frames; fewer cost time in per-call overhead)
 
 # F(4, 3) at the points 0, 1, -1, 2, -2 and infinity
 _G = torch.tensor([[1 / 4, 0, 0],
@@ -67,12 +68,14 @@ def applies(conv: nn.Module, x: torch.Tensor) -> bool:
 def eligible(conv: nn.Module, x: torch.Tensor) -> bool:
     """Whether :func:`conv2d` can run ``conv(x)``: a plain 3x3 convolution with stride 1 and
     padding 1 in time, float32 on CPU, no gradient recorded, no autocast, an input of at
-    least :data:`MIN_FRAMES` frames, and at least :data:`MIN_OUT_CHANNELS` output channels
-    (below that the transforms, which grow with the channels, cost more than the products
-    saved, which grow with their product: measured by ``benchmarks/bench_distillmos_stages.py``)."""
+    least :data:`MIN_FRAMES` frames, and at least :data:`MIN_CHANNELS` input and output
+    channels (below that the transforms, which grow with the channels, cost about as much
+    as the products saved, which grow with their product: DistillMOS's layers 1-3, with 2
+    or 64 input channels, run as written)."""
     return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride[1] == 1
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and not isinstance(conv.padding, str) and conv.padding[1] == 1 and conv.out_channels >= MIN_OUT_CHANNELS
+            and not isinstance(conv.padding, str) and conv.padding[1] == 1 and conv.in_channels >= MIN_CHANNELS
+            and conv.out_channels >= MIN_CHANNELS
             and x.dim() == 4 and x.device.type == "cpu" and x.dtype == torch.float32
             and conv.weight.dtype == torch.float32 and x.shape[-1] >= MIN_FRAMES
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
@@ -94,43 +97,59 @@ def _kernels(conv: nn.Conv2d) -> list[torch.Tensor]:
     return kernels
 
 
-def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for (N, C, F, T) ``x`` where :func:`applies`; channels-last output."""
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """``conv(x)`` for (N, C, F, T) ``x`` where :func:`applies`; channels-last output.
+
+    The tiles are taken ``block`` at a time, so the transforms' temporaries stay a fixed
+    size (a few MB) whatever the input's length, and in cache."""
     n, _, _, t = x.shape
     tiles = -(-t // M)
     # time padding: 1 on the left (the convolution's), zeros on the right up to whole tiles
     xl = nn.functional.pad(x, (1, tiles * M + R - 1 - t - 1)).permute(0, 2, 3, 1)  # (N, F, T', C)
     if not xl.is_contiguous():
         xl = xl.contiguous()
-    d = [xl[:, :, k : k + M * (tiles - 1) + 1 : M] for k in range(A)]  # (N, F, tiles, C) each
-    # B^T d
-    s34, d34 = d[3] + d[4], d[4] - d[3]
-    s12, d12 = d[1] + d[2], d[1] - d[2]
-    e = d[4] - d[2]
-    f = d[3] - d[1]
-    v = [torch.add(d[4], d[2], alpha=-5).add_(d[0], alpha=4),
-         torch.add(s34, s12, alpha=-4),
-         torch.add(d34, d12, alpha=4),
-         torch.add(e, f, alpha=2),
-         torch.add(e, f, alpha=-2),
-         torch.add(d[5], d[3], alpha=-5).add_(d[1], alpha=4)]
-    del d, s34, d34, s12, d12, e, f
     kernels = _kernels(conv)
-    stride, pad = (conv.stride[0], 1), (conv.padding[0], 0)
-    # the products: 3x1 convolutions over frequency; the bias rides on m1 (see below)
-    m = [nn.functional.conv2d(v[j].permute(0, 3, 1, 2), kernels[j], conv.bias if j == 1 else None,
-                              stride=stride, padding=pad).permute(0, 2, 3, 1) for j in range(A)]
-    del v
-    fo, o = m[0].shape[1], m[0].shape[-1]
-    out = torch.empty((n, fo, tiles, M, o), dtype=x.dtype, device=x.device)
-    # A^T m; m1 carries the bias, and each output takes m1 exactly once
-    s12, d12 = m[1] + m[2], m[1] - m[2]
-    s34, d34 = m[3] + m[4], m[3] - m[4]
-    torch.add(m[0], s12, out=out[:, :, :, 0]).add_(s34)
-    torch.add(d12, d34, alpha=2, out=out[:, :, :, 1])
-    torch.add(s12, s34, alpha=4, out=out[:, :, :, 2])
-    torch.add(d12, d34, alpha=8, out=out[:, :, :, 3]).add_(m[5])
-    out = out.view(n, fo, tiles * M, o)
+    fo = (x.shape[2] + 2 * conv.padding[0] - 3) // conv.stride[0] + 1
+    out = torch.empty((n, fo, tiles, M, conv.out_channels), dtype=x.dtype, device=x.device)
+    for lo in range(0, tiles, block):
+        hi = min(lo + block, tiles)
+        _tiles(conv, kernels, xl[:, :, M * lo : M * hi + R - 1], out[:, :, lo:hi])
+    out = out.view(n, fo, tiles * M, conv.out_channels)
     if tiles * M != t:
         out = out[:, :, :t].contiguous()
     return out.permute(0, 3, 1, 2)  # (N, O, F', T), channels-last in memory
+
+
+def _tiles(conv: nn.Conv2d, kernels: list[torch.Tensor], xl: torch.Tensor, out: torch.Tensor) -> None:
+    """F(4, 3) over the tiles of ``xl`` (N, F, 4 k + 2, C), into ``out`` (N, F', k, 4, O)."""
+    k = out.shape[2]
+    d = [xl[:, :, j : j + M * (k - 1) + 1 : M] for j in range(A)]  # (N, F, k, C) each
+    stride, pad = (conv.stride[0], 1), (conv.padding[0], 0)
+
+    def product(j: int, v: torch.Tensor) -> torch.Tensor:
+        # a 3x1 convolution over frequency; the bias rides on m1 (see below)
+        return nn.functional.conv2d(v.permute(0, 3, 1, 2), kernels[j], conv.bias if j == 1 else None,
+                                    stride=stride, padding=pad).permute(0, 2, 3, 1)
+
+    # B^T d, each transformed input used as soon as it is made
+    m0 = product(0, torch.add(d[4], d[2], alpha=-5).add_(d[0], alpha=4))
+    m5 = product(5, torch.add(d[5], d[3], alpha=-5).add_(d[1], alpha=4))
+    s34, s12 = d[3] + d[4], d[1] + d[2]
+    m1 = product(1, torch.add(s34, s12, alpha=-4))
+    del s34, s12
+    d34, d12 = d[4] - d[3], d[1] - d[2]
+    m2 = product(2, torch.add(d34, d12, alpha=4))
+    del d34, d12
+    e, f = d[4] - d[2], d[3] - d[1]
+    m3 = product(3, torch.add(e, f, alpha=2))
+    m4 = product(4, torch.add(e, f, alpha=-2))
+    del e, f, d
+    # A^T m; m1 carries the bias, and each output takes m1 exactly once
+    s12, d12 = m1 + m2, m1.sub_(m2)
+    del m1, m2
+    s34, d34 = m3 + m4, m3.sub_(m4)
+    del m3, m4
+    torch.add(m0, s12, out=out[:, :, :, 0]).add_(s34)
+    torch.add(d12, d34, alpha=2, out=out[:, :, :, 1])
+    torch.add(s12, s34, alpha=4, out=out[:, :, :, 2])
+    torch.add(d12, d34, alpha=8, out=out[:, :, :, 3]).add_(m5)
