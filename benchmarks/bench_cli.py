@@ -58,7 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance  # noqa: E402
-from cpu_settings import SETTINGS, cpu_flags, reexec_under  # noqa: E402
+from cpu_settings import SETTINGS, cpu_flags, reexec_under, wait_policy  # noqa: E402
 
 from torchmos import audio, synth  # noqa: E402
 
@@ -239,7 +239,7 @@ def main() -> int:
     reexec_under(args.setting)  # before anything is measured; torch reads the caps at import
     where = provenance()
     print(f"CPU setting {args.setting} {SETTINGS[args.setting]}: torch capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; CPU flags {' '.join(cpu_flags())}")
+          f"{torch.backends.cpu.get_cpu_capability()}; OMP_WAIT_POLICY {wait_policy()}; CPU flags {' '.join(cpu_flags())}")
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
     folder = work / "corpus"
@@ -309,7 +309,8 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "provenance": where, "setting": {"name": args.setting, "env": SETTINGS[args.setting],
-                                             "capability": torch.backends.cpu.get_cpu_capability()},
+                                             "capability": torch.backends.cpu.get_cpu_capability(),
+                                             "OMP_WAIT_POLICY": wait_policy()},
             "files": args.files, "audio_s": round(seconds, 1), "rates": RATES,
             "batch_size": args.batch_size, "rounds": args.rounds,
             "wall_s": {k: [round(x, 3) for x in v] for k, v in {**wall, **inproc}.items()},

@@ -39,15 +39,21 @@ def run_child(script: str, setting: str, args: list[str]) -> dict:
     """Run ``script --child ARGS`` under ``setting``; it prints one JSON object last."""
     env = {k: v for k, v in os.environ.items() if k not in _CAPPED}
     env.update(SETTINGS[setting])
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = subprocess.run([sys.executable, script, "--child", *args], env=env, capture_output=True, text=True)
     if out.returncode:
         sys.stderr.write(out.stderr)
         raise SystemExit(f"{Path(script).name} under {setting!r} failed (exit {out.returncode}).")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["setting"] = {"name": setting, "env": SETTINGS[setting],
-                         "OMP_WAIT_POLICY": env["OMP_WAIT_POLICY"]}
+    result["setting"] = {"name": setting, "env": SETTINGS[setting], "OMP_WAIT_POLICY": wait_policy()}
     return result
+
+
+def wait_policy() -> str:
+    """OpenMP's wait policy the measured processes run with: ``OMP_WAIT_POLICY`` as set, or
+    the default users get (GNU OpenMP: spin a while, then sleep). Benchmarks run with the
+    default on a quiet machine; ``OMP_WAIT_POLICY=PASSIVE`` steadies them on a shared one,
+    and costs the side with more, smaller parallel regions more wall time."""
+    return os.environ.get("OMP_WAIT_POLICY", "default (unset)")
 
 
 def reexec_under(setting: str) -> None:
@@ -56,8 +62,7 @@ def reexec_under(setting: str) -> None:
     that the process and every command it starts run under the setting."""
     env = {k: v for k, v in os.environ.items() if k not in _CAPPED}
     env.update(SETTINGS[setting])
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if any(os.environ.get(k) != env.get(k) for k in (*_CAPPED, "OMP_WAIT_POLICY")):
+    if any(os.environ.get(k) != env.get(k) for k in _CAPPED):
         sys.stdout.flush()
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
