@@ -83,6 +83,28 @@ def test_a_worker_that_dies_is_survived_and_its_file_named(folder, tmp_path, cap
     assert [r["id"] for r in rows(out)] == [f"u{i:02d}" for i in range(8)]
 
 
+def test_a_batch_lost_with_its_dead_worker_is_read_again(folder, monkeypatch):
+    """A worker that dies after queueing a batch leaves the main process a handle it cannot
+    fetch (``ConnectionResetError`` from the tensor's file descriptor, seen on CI): that
+    batch is read again, as when the DataLoader reports the death itself."""
+    real = loader._loader
+    calls = []
+
+    def flaky(batches, reader, workers, prefetch):
+        calls.append(len(batches))
+        it = real(batches, reader, workers, prefetch)
+        if len(calls) == 1:  # the first loader: one batch, then the lost one
+            yield next(it)
+            raise ConnectionResetError(104, "Connection reset by peer")
+        yield from it
+
+    monkeypatch.setattr(loader, "_loader", flaky)
+    items = [(i, audio.AudioEntry(f"c{i:02d}", str(folder / f"c{i:02d}.wav"))) for i in range(6)]
+    got = [it for b in loader.read_batches(items, loader.Reader(target_fs=16000), batch_size=2, workers=1) for it in b]
+    assert [it.index for it in got] == list(range(6)) and all(it.error is None for it in got)
+    assert len(calls) > 1  # a loader was started again after the loss
+
+
 def test_ctrl_c_while_a_worker_reads_ends_the_run_resumably(folder, tmp_path, capsys, monkeypatch):
     real = audio.AudioEntry.load
 

@@ -144,7 +144,10 @@ def _loader(batches: Sequence[Sequence[tuple[int, AudioEntry]]], reader: Reader,
 
 
 def _died(e: BaseException) -> bool:
-    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e)
+    """Whether ``e`` says a reading worker died: the DataLoader's own error, or a batch the
+    dead worker had already queued whose tensors can no longer be fetched from it (they
+    travel as file descriptors the worker hands over: ``ConnectionResetError``, seen on CI)."""
+    return (isinstance(e, RuntimeError) and "DataLoader worker" in str(e)) or isinstance(e, ConnectionError)
 
 
 def _produce(batches: list[list[tuple[int, AudioEntry]]], reader: Reader, workers: int, prefetch: int,
@@ -158,7 +161,7 @@ def _produce(batches: list[list[tuple[int, AudioEntry]]], reader: Reader, worker
                     return
                 start += 1
             return
-        except RuntimeError as e:
+        except (RuntimeError, ConnectionError) as e:
             if not _died(e):
                 raise
         # a worker died holding batch `start` or a later one: read batch `start` alone, a
@@ -170,7 +173,7 @@ def _produce(batches: list[list[tuple[int, AudioEntry]]], reader: Reader, worker
                 for got in _loader(todo, reader, 1, 1):
                     out += got
                     todo.pop(0)
-            except RuntimeError as e:
+            except (RuntimeError, ConnectionError) as e:
                 if not _died(e):
                     raise
                 i, entry = todo.pop(0)[0]
