@@ -39,6 +39,7 @@ MODULES = [
     "torchmos.models",
     "torchmos.models.strict",
     "torchmos.models.distillmos",
+    "torchmos.models.winograd",
     "torchmos.metrics.distillmos",
     "torchmos.models.vqscore",
     "torchmos.models.vqscore_codebook",

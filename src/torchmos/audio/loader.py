@@ -143,6 +143,9 @@ def _loader(batches: Sequence[Sequence[tuple[int, AudioEntry]]], reader: Reader,
                                             collate_fn=_as_is))
 
 
+_DEATHS = (RuntimeError, ConnectionError)  # what a dead worker's loader raises (see _died)
+
+
 def _died(e: BaseException) -> bool:
     """Whether ``e`` says a reading worker died: the DataLoader's own error, or a batch the
     dead worker had already queued whose tensors can no longer be fetched from it (they
@@ -161,7 +164,7 @@ def _produce(batches: list[list[tuple[int, AudioEntry]]], reader: Reader, worker
                     return
                 start += 1
             return
-        except (RuntimeError, ConnectionError) as e:
+        except _DEATHS as e:
             if not _died(e):
                 raise
         # a worker died holding batch `start` or a later one: read batch `start` alone, a
@@ -173,7 +176,7 @@ def _produce(batches: list[list[tuple[int, AudioEntry]]], reader: Reader, worker
                 for got in _loader(todo, reader, 1, 1):
                     out += got
                     todo.pop(0)
-            except (RuntimeError, ConnectionError) as e:
+            except _DEATHS as e:
                 if not _died(e):
                     raise
                 i, entry = todo.pop(0)[0]

@@ -98,10 +98,17 @@ def _kernels(conv: nn.Conv2d) -> list[torch.Tensor]:
 
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """``conv(x)`` for (N, C, F, T) ``x`` where :func:`applies`; channels-last output.
+    """``conv(x)`` for (N, C, F, T) ``x`` where :func:`eligible`; channels-last output.
 
     The tiles are taken ``block`` at a time, so the transforms' temporaries stay a fixed
-    size (a few MB) whatever the input's length, and in cache."""
+    size (a few MB) whatever the input's length, and in cache.
+
+    >>> conv = nn.Conv2d(128, 128, 3, stride=(2, 1), padding=(0, 1))
+    >>> x = torch.randn(1, 128, 9, 30)
+    >>> with torch.no_grad():
+    ...     eligible(conv, x), bool((conv2d(conv, x) - conv(x)).abs().max() < 1e-4)
+    (True, True)
+    """
     n, _, _, t = x.shape
     tiles = -(-t // M)
     # time padding: 1 on the left (the convolution's), zeros on the right up to whole tiles
