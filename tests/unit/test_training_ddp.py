@@ -1,4 +1,4 @@
-"""Every training recipe on two CPU processes (Lightning's ``ddp`` strategy over gloo),
+"""Every training recipe (distill included) on two CPU processes (Lightning's ``ddp`` strategy over gloo),
 through the real command line, and resumed from its checkpoint.
 
 Each run is ``python -m torchmos.cli train RECIPE --devices 2 --strategy ddp`` in a
@@ -52,6 +52,10 @@ def recipe_args(recipe: str, d: dict[str, Path]) -> tuple[list[str], str, int]:
         return (["--teacher", "tiny", "--audio", str(d["root"] / "wide"), "--batch-size", "2", "--crop-seconds",
                  "0.5", "--rates", "16000", "24000", "--lr", "1e-3", "--naf-rff", "16", "--naf-hidden", "16",
                  "--fit-steps", "5", "--valid-max-files", "2", "--val-every", "2"], "--steps", 4)
+    if recipe == "distill":
+        return (["--audio", str(d["root"] / "clean"), "--teacher", "distillmos", "--width", "0.125", "--depth", "0.15",
+                 "--batch-size", "4", "--variants", "1", "--valid-files", "1", "--valid-variants", "2",
+                 "--crop-seconds", "0.5", "--lr", "1e-3", "--val-every", "2"], "--steps", 4)
     if recipe == "msr-utmos":
         return (["--ssl", "tiny", "--train", str(d["train"]), "--valid", str(d["valid"]), "--batch-size", "2",
                  "--crop-seconds", "0.5", "--lr", "1e-3", "--val-every", "2"], "--steps", 4)
@@ -82,7 +86,7 @@ def steps_logged(out: Path) -> list[int]:
 SLOW = pytest.mark.slow  # three two-process runs of a transformers model: about a minute on 2 cores
 
 
-@pytest.mark.parametrize("recipe", ["vqscore", pytest.param("sfi-distill", marks=SLOW),
+@pytest.mark.parametrize("recipe", ["vqscore", "distill", pytest.param("sfi-distill", marks=SLOW),
                                     pytest.param("msr-utmos", marks=SLOW), pytest.param("scoreq", marks=SLOW)])
 def test_two_processes_train_and_resume_from_the_checkpoint(recipe: str, data: dict[str, Path],
                                                              tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_two_processes_train_and_resume_from_the_checkpoint(recipe: str, data: d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), recipe
     assert any(not torch.equal(half["state_dict"][k], b[k]) for k in b)  # the resumed run did move on
     assert steps_logged(tmp_path / "resumed") == steps_logged(tmp_path / "straight")
-    outputs = {"vqscore": "vqscore.pt", "sfi-distill": "student.pt", "msr-utmos": "model.pt", "scoreq": "nr.pt"}
+    outputs = {"vqscore": "vqscore.pt", "distill": "student.pt", "sfi-distill": "student.pt", "msr-utmos": "model.pt", "scoreq": "nr.pt"}
     assert (tmp_path / "resumed" / outputs[recipe]).is_file()
 
 

@@ -11,12 +11,10 @@ module and :mod:`torchmos.training.data` do not import Lightning; the recipes ne
 from __future__ import annotations
 
 import argparse
-import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import torch
+from .._stats_core import pearson, spearman
 
 __all__ = ["TrainError", "add_run_arguments", "check_resumable", "pearson", "plain_args", "precision", "spearman"]
 
@@ -27,11 +25,16 @@ class TrainError(ValueError):
 
 # torchmos' short names of the Trainer's precisions (the Trainer's own names work too)
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
-_LIGHTNING_PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16-true", "16-true")
+_LIGHTNING_PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
 
 
 def precision(text: str) -> str:
     """``--precision``: a torchmos short name or a Lightning precision, as Lightning's name.
+
+    Mixed precision only: with the weights themselves in bf16 or fp16 (``bf16-true``), an
+    update smaller than 1/256 of a weight (Adam at the recipes' learning rates, 1e-5 for
+    SCOREQ's encoder) is lost to rounding, and the recipes' fp32 parts (spectra, codebooks,
+    losses) would meet half-precision weights.
 
     >>> precision("bf16"), precision("32-true")
     ('bf16-mixed', '32-true')
@@ -39,10 +42,12 @@ def precision(text: str) -> str:
     if text in PRECISIONS:
         return PRECISIONS[text]
     if text in _LIGHTNING_PRECISIONS:
-        return text
+        return {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(text, text)
+    hint = " (weights in half precision lose Adam's small updates; use bf16, i.e. bf16-mixed)" \
+        if text.endswith("-true") else ""
     raise argparse.ArgumentTypeError(
-        f"--precision {text!r}: use one of {', '.join(PRECISIONS)} or a Lightning precision "
-        f"({', '.join(_LIGHTNING_PRECISIONS)})")
+        f"--precision {text!r}: use one of {', '.join(PRECISIONS)} or a Lightning mixed precision "
+        f"({', '.join(_LIGHTNING_PRECISIONS)}){hint}")
 
 
 def _devices(text: str) -> int | str:
@@ -65,7 +70,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, seed_help: str, log_ev
     r.add_argument("--strategy", default="auto",
                    help="Lightning strategy: auto (default), ddp, ddp_spawn, ddp_find_unused_parameters_true...")
     r.add_argument("--precision", type=precision, default="32-true",
-                   help="fp32 (default), bf16 or fp16 (mixed), or a Lightning precision such as bf16-true")
+                   help="fp32 (default), bf16 or fp16 (mixed precision), or Lightning's name of one (bf16-mixed...)")
     if unit == "epochs":
         r.add_argument("--max-steps", type=int, default=-1, help="stop after N optimiser steps (default: no limit)")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's choice)")
@@ -103,40 +108,3 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], keys: Sequence[str
             )
 
 
-def _pair(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(a, dtype=torch.float64).detach().cpu().flatten()
-    y = torch.as_tensor(b, dtype=torch.float64).detach().cpu().flatten()
-    if x.shape != y.shape:
-        raise ValueError(f"a correlation needs two sequences of one length, got {len(x)} and {len(y)}.")
-    return x, y
-
-
-def _correlation(fn_name: str, a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    x, y = _pair(a, b)
-    if len(x) < 2 or bool(x.min() == x.max()) or bool(y.min() == y.max()):
-        return math.nan  # undefined: a constant side
-    import torchmetrics.functional as tmf
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # near-constant inputs: torchmetrics warns and returns nan
-        return float(getattr(tmf, fn_name)(x, y))
-
-
-def pearson(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    """Pearson correlation (``torchmetrics.functional.pearson_corrcoef``; nan when either
-    side is constant).
-
-    >>> round(pearson([1, 2, 3], [2, 4, 7]), 4)
-    0.9934
-    """
-    return _correlation("pearson_corrcoef", a, b)
-
-
-def spearman(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
-    """Spearman rank correlation (``torchmetrics.functional.spearman_corrcoef``: ties get
-    their average rank; nan when either side is constant).
-
-    >>> round(spearman([1, 1, 2, 3], [1, 2, 3, 4]), 4)
-    0.9487
-    """
-    return _correlation("spearman_corrcoef", a, b)

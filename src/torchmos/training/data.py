@@ -68,7 +68,7 @@ class EpochPlan:
     [0, 1, 2, 3, 4]
     """
 
-    def __init__(self, n: int, seed: int, stream: str = "files") -> None:
+    def __init__(self, n: int, seed: int, stream: str | int = "files") -> None:
         self.n, self.seed, self.stream = n, seed, stream
         self._perms: dict[int, torch.Tensor] = {}
 

@@ -56,7 +56,9 @@ Stage 1 is a LightningModule with manual optimisation run by a Lightning Trainer
 the batch and the loss is computed over the embeddings of the whole batch, gathered, so
 the gradient is the whole-batch one; with ``--micro-batch`` the embeddings are first
 computed without gradients, the loss's gradient with respect to each of them taken, and
-the parts re-run with gradients (``manual_backward``).
+the parts re-run with gradients (``manual_backward``). Stage 2 is a LightningModule too,
+fitted by a one-device Trainer in the first process
+(:mod:`torchmos.training.scoreq_head`).
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ from ..models.scoreq import ScoreqModel
 from . import TrainError, add_run_arguments, pearson, spearman
 from .data import seed_of
 from .scoreq_data import Stage1Data, check_options, read_items, whole_clips
-from .scoreq_model import CONFIG_FIELDS, build_model, fit_mos_head, save_outputs
+from .scoreq_head import fit_mos_head
+from .scoreq_model import CONFIG_FIELDS, build_model, save_outputs
 from .trainer import RecipeModule, Run
 
 __all__ = ["TrainError", "add_arguments", "build_model", "run", "save_outputs"]
@@ -206,6 +209,7 @@ class _Stage1(RecipeModule):
                                  {"params": list(self.head.parameters()), "lr": a.lr_head}])
 
     def on_train_start(self) -> None:
+        super().on_train_start()
         if self.since >= self.args.patience:  # a resumed run that had stopped early
             self.trainer.should_stop = True
 

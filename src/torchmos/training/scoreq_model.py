@@ -1,5 +1,5 @@
-"""SCOREQ models for the training recipe: building one to train (``--init``), writing
-the official files (``nr.pt``, ``ref.pt``), and the stage-2 MOS head fit.
+"""SCOREQ models for the training recipe: building one to train (``--init``) and writing
+the official files (``nr.pt``, ``ref.pt``).
 
 Split from :mod:`torchmos.training.scoreq` (which re-exports :func:`build_model` and
 :func:`save_outputs`); nothing here imports Lightning.
@@ -8,21 +8,19 @@ Split from :mod:`torchmos.training.scoreq` (which re-exports :func:`build_model`
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import hub
 from ..hub import save_atomic
 from ..models.scoreq import ScoreqModel, infer_config, official_key
-from . import TrainError, pearson, spearman
+from . import TrainError
 from .data import seed_of
 
-__all__ = ["CONFIG_FIELDS", "build_model", "fit_mos_head", "save_outputs"]
+__all__ = ["CONFIG_FIELDS", "build_model", "save_outputs"]
 
 # the Wav2Vec2Config fields that define the encoder (kept in checkpoints; read from a transformers directory)
 CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
@@ -165,70 +163,3 @@ def save_outputs(model: ScoreqModel, out: Path) -> tuple[Path, Path]:
     nr = {official_key(k, "nr"): v.detach().cpu().clone() for k, v in sd.items()}
     ref = {official_key(k, "ref"): v.detach().cpu().clone() for k, v in sd.items() if not k.startswith("mos_layer.")}
     return save_atomic(nr, out / "nr.pt"), save_atomic(ref, out / "ref.pt")
-
-
-# ----------------------------------------------------------------------------- stage 2
-
-
-def fit_mos_head(model: ScoreqModel, x: Tensor, y: Tensor, xv: Tensor | None, yv: Tensor | None, *, lr: float,
-                 epochs: int, patience: int, batch_size: int, seed: int,
-                 log: Callable[[int, dict[str, Any]], None], log_every: int = 10, progress: bool = True) -> None:
-    """Fit ``model.mos_layer`` (Linear(D -> 1)) with MSE on the frozen encoder's unit
-    embeddings ``x`` (N, D) of the training clips with MOS ``y`` (N,; give it in float64,
-    as the labels were read), early-stopped on
-    the validation MSE (``xv``, ``yv``), and write it into the model.
-
-    The regression runs on per-dimension standardised embeddings (the unit vectors of a
-    fine-tuned encoder lie close together, which makes plain gradient descent on them
-    crawl), starting from the mean MOS; the standardisation is then folded into the
-    weights, so the head is still one ``Linear(D -> 1)`` on the unit embedding. ``log(epoch,
-    row)`` receives every ``log_every``-th epoch's losses (and the last one's).
-    """
-    x, y = x.double(), y.to(x.device).double()
-    yv = yv.to(x.device) if yv is not None else None
-    mu, sd = x.mean(0), x.std(0, correction=0).clamp_min(1e-8)
-    xs = ((x - mu) / sd).float()
-    xv = ((xv.double() - mu) / sd).float() if xv is not None else None
-    head = nn.Linear(x.shape[1], 1).to(x.device)
-    nn.init.zeros_(head.weight)
-    nn.init.constant_(head.bias, float(y.mean()))
-    yf = y.float()
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed_of(seed, "head"))
-    best, since, best_sd = math.inf, 0, None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(epochs), desc="scoreq stage 2 (MOS head)", unit="epoch", disable=None if progress else True,
-               dynamic_ncols=True)
-    for epoch in bar:
-        total = 0.0
-        for idx in torch.randperm(len(yf), generator=g).split(batch_size):
-            idx = idx.to(x.device)
-            loss = nn.functional.mse_loss(head(xs[idx]).squeeze(-1), yf[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        row: dict[str, Any] = {"loss": total / len(yf)}
-        if xv is not None and yv is not None:
-            with torch.no_grad():
-                pred = head(xv).squeeze(-1)
-            row["val_mse"] = float(nn.functional.mse_loss(pred, yv.float()))
-            row["val_pearson"], row["val_spearman"] = pearson(pred, yv), spearman(pred, yv)
-            if row["val_mse"] < best:
-                best, since = row["val_mse"], 0
-                best_sd = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            else:
-                since += 1
-            bar.set_postfix(val_mse=f"{row['val_mse']:.4g}")
-        if (epoch + 1) % log_every == 0 or since >= patience or epoch + 1 == epochs:
-            log(epoch + 1, row)
-        if since >= patience:
-            break
-    bar.close()
-    if best_sd is not None:
-        head.load_state_dict(best_sd)
-    with torch.no_grad():  # fold the standardisation: w . (x - mu) / sd + b
-        w = head.weight.double()[0] / sd
-        model.mos_layer.weight.copy_(w[None].to(model.mos_layer.weight))
-        model.mos_layer.bias.fill_(float(head.bias.double()[0] - (w * mu).sum()))

@@ -217,6 +217,18 @@ class RecipeModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_run_state(checkpoint.get("torchmos", {}))
 
+    def on_train_start(self) -> None:
+        """A resumed run follows the learning-rate schedule of its current options (a run
+        extended with a larger ``--steps`` gets the schedule of the new length from the
+        step it resumes at), not the last rate its checkpoint's optimiser was left with."""
+        for config in self.trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                lrs = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+                for group, lr in zip(sched.optimizer.param_groups, lrs):
+                    group["lr"] = lr
+                sched._last_lr = lrs
+
     # -- randomness and processes ------------------------------------------------------
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -165,6 +165,7 @@ class _VQScore(RecipeModule):
         return torch.optim.Adam(self.model.parameters(), lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay)
 
     def on_train_start(self) -> None:  # a resumed run: the options given now win (lr schedules by hand)
+        super().on_train_start()
         for group in self.trainer.optimizers[0].param_groups:
             group.update(lr=self.args.lr, betas=tuple(self.args.betas), weight_decay=self.args.weight_decay)
 

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from .. import audio
 from ..models.vqscore import VQScoreModel
 from . import TrainError
-from .data import load_at, rank_part, seed_of
+from .data import EpochPlan, load_at, rank_part, seed_of
 
 __all__ = ["Crops", "Plan", "StepBatches", "apply_gain", "load16k", "read_labels"]
 
@@ -69,22 +69,10 @@ class Plan:
     def __init__(self, n_files: int, batch: int, seed: int, gain_min: float, gain_max: float) -> None:
         self.n, self.batch, self.seed = n_files, batch, seed
         self.gain_min, self.gain_max = gain_min, gain_max
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(seed_of(self.seed, 1, epoch))
-            self._perms[epoch] = torch.randperm(self.n, generator=g)
-        return self._perms[epoch]
+        self._files = EpochPlan(n_files, seed, stream=1)
 
     def files(self, step: int) -> list[int]:
-        out = []
-        for k in range(step * self.batch, (step + 1) * self.batch):
-            epoch, pos = divmod(k, self.n)
-            out.append(int(self._perm(epoch)[pos]))
-        return out
+        return [self._files.item(k) for k in range(step * self.batch, (step + 1) * self.batch)]
 
     def randoms(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(crop positions in [0, 1), gains in [gain_min, gain_max]) for this step."""
