@@ -59,6 +59,24 @@ def test_context_reads_the_launchers_variables():
         cli_shard.context({"WORLD_SIZE": "4", "RANK": "4"})
 
 
+@pytest.mark.parametrize("gpus, local_rank, spec, want", [
+    (2, 1, "cuda", "cuda:1"), (2, 3, "cuda", "cuda:1"), (1, 1, "cuda", "cuda:0"), (4, 2, "auto", "cuda:2"),
+    (2, 1, "cuda:0", "cuda:0"), (2, 1, "cpu", "cpu"), (0, 1, "auto", "cpu"), (2, None, "cuda", "cuda")])
+def test_each_rank_takes_its_local_gpu(monkeypatch, gpus, local_rank, spec, want):
+    """Under torchrun ``--device cuda`` (or auto) is LOCAL_RANK's GPU (modulo the GPUs the
+    node has); a device the user named is kept; without torchrun nothing changes."""
+    import torch
+
+    from torchmos import cli_score
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    dist = None if local_rank is None else cli_shard.context(
+        {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": str(local_rank), "LOCAL_WORLD_SIZE": "4"})
+    assert cli_score._device_spec(spec, dist) == want
+
+
 # ----------------------------------------------------------------------------- rank 0's wait and merge
 
 
