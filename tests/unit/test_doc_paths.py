@@ -9,7 +9,9 @@ file leaves such a pointer dangling; this test finds them all:
   (``tests/``, ``benchmarks/``, ``integrations/``, ``docs/``, ...), anywhere in the text,
   resolved from the repository root (globs such as ``tests/unit/test_*.py`` must match
   something);
-* the targets of Markdown links and images that are not URLs, resolved from the page.
+* the targets of Markdown links and images that are not URLs, resolved from the page;
+* test files named without their folder (``test_integration_espnet.py``): some file of
+  that name must exist under ``tests/``.
 
 Paths with a placeholder (``<corpus>``, ``{set}``, ``$dir``) and build outputs (what
 ``.gitignore`` ignores, such as the figures ``docs/make_figures.py`` draws and
@@ -31,6 +33,8 @@ _TOPS = "|".join(re.escape(t) for t in TOP if t != "README.md")
 TOKEN = re.compile(rf"(?<![\w./-])(?:{_TOPS})(?:/[\w.*-]+)*/?")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 PLACEHOLDER = re.compile(r"[<>{}$]")
+BARE_TEST = re.compile(r"(?<![\w./*-])test_\w+\.py\b")  # a test file named without its folder
+TEST_FILES = {p.name for p in (ROOT / "tests").rglob("test_*.py")}
 
 
 def _ignore_patterns() -> list[tuple[bool, str]]:
@@ -53,7 +57,7 @@ def generated(rel: str, patterns: list[tuple[bool, str]] | None = None) -> bool:
 
 def _documents() -> list[Path]:
     docs = [ROOT / "README.md"]
-    for folder, patterns in (("docs", ["*.md"]), ("integrations", ["*.md", "*.sh", "*.yaml", "*.py"]),
+    for folder, patterns in (("docs", ["*.md", "*.py"]), ("integrations", ["*.md", "*.sh", "*.yaml", "*.py"]),
                              ("benchmarks", ["*.md"])):
         for pattern in patterns:
             docs += [p for p in (ROOT / folder).rglob(pattern) if not SKIP_DIRS & set(p.parts)]
@@ -73,6 +77,9 @@ def dangling(doc: Path) -> list[str]:
                 continue
             if not (any(ROOT.glob(path.rstrip("/"))) if "*" in path else (ROOT / path).exists()):
                 missing.append(f"line {n}: {path}")
+        for m in BARE_TEST.finditer(line):
+            if m.group(0) not in TEST_FILES:
+                missing.append(f"line {n}: {m.group(0)}")
         if doc.suffix != ".md":
             continue
         for m in LINK.finditer(line):
@@ -102,8 +109,10 @@ def test_the_scan_sees_the_documentation():
 def test_the_scan_finds_a_dangling_path(tmp_path: Path):
     page = tmp_path / "page.md"
     page.write_text("See `tests/unit/test_no_such_file.py`, [this](no-such-page.md),\n"
-                    "`tests/unit/test_doc_paths.py`, `egs2/<corpus>/tts1` and `benchmarks/results/*.json`.\n")
-    assert dangling(page) == ["line 1: tests/unit/test_no_such_file.py", "line 1: (no-such-page.md)"]
+                    "`tests/unit/test_doc_paths.py`, `egs2/<corpus>/tts1` and `benchmarks/results/*.json`.\n"
+                    "The test is test_espnet.py; test_doc_paths.py exists.\n")
+    assert dangling(page) == ["line 1: tests/unit/test_no_such_file.py", "line 1: (no-such-page.md)",
+                              "line 3: test_espnet.py"]
 
 
 def test_build_outputs_are_told_apart_by_gitignore():

@@ -269,6 +269,21 @@ def test_grouping_by_condition(tmp_path):
     assert "by condition" in res.format()
 
 
+def test_cli_compare_by_condition_is_the_python_result(tmp_path, capsys):
+    a, b = systems(n=60, k=2, seed=9)
+    ids = [f"u{i}" for i in range(60)]
+    cond = [["clean", "noisy"][i % 2] for i in range(60)]
+    files = [str(write_scores(tmp_path / "a.csv", ids, a, condition=cond)),
+             str(write_scores(tmp_path / "b.csv", ids, b, condition=cond))]
+    assert cli.main(["compare", *files, "--by", "condition", "--json", "--resamples", "500", "--seed", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = S.compare(files, by="condition", n_resamples=500, seed=2).to_dict()
+    assert out == json.loads(json.dumps(ref))
+    assert [g["value"] for g in out["groups"]] == ["clean", "noisy"] and all(g["n"] == 30 for g in out["groups"])
+    assert cli.main(["compare", *files, "--by", "condition", "--resamples", "300"]) == 0
+    assert "by condition" in capsys.readouterr().out
+
+
 def test_grouping_errors(tmp_path):
     fa = write_scores(tmp_path / "a.csv", ["u1", "u2"], [3, 4], condition=["x", "y"])
     fb = write_scores(tmp_path / "b.csv", ["u1", "u2"], [3, 4], condition=["x", "z"])
