@@ -305,7 +305,9 @@ def test_reference_entry_matches_functional_and_needs_the_reference(api, ckpt):
 
 
 @pytest.mark.parametrize("cls_name, config, match", [
-    ("TorchmosDistillmosMetric", {"cache_dir": "x"}, r"'torchmos_distillmos'.*unknown option\(s\) \['cache_dir'\]"),
+    ("TorchmosDistillmosMetric", {"cache_dir": "x"},
+     r"'torchmos_distillmos'.*unknown option\(s\) \['cache_dir'\].*set that variable to choose the folder"),
+    ("TorchmosScoreqNrMetric", {"model_cache": "x"}, r"\['model_cache'\].*\$TORCHMOS_HOME"),
     ("TorchmosDistillmosMetric", {"data_domain": "natural"}, r"unknown option\(s\) \['data_domain'\]"),
     ("TorchmosScoreqNrMetric", {"data_domain": "telephone"}, r"data_domain must be one of"),
     ("TorchmosMetric", {"model": "nope"}, r"unknown model 'nope'"),

@@ -161,7 +161,9 @@ class TorchmosMetric(BaseMetric):
         allowed = cls.allowed_options()
         unknown = sorted(set(config) - allowed - VERSA_OPTIONS)
         if unknown:
-            raise ValueError(f"{where}: unknown option(s) {unknown}; it takes {sorted(allowed)}.")
+            hint = ("; torchmos keeps weights in $TORCHMOS_HOME (default ~/.cache/torchmos): set that variable "
+                    "to choose the folder" if {"cache_dir", "model_cache"} & set(unknown) else "")
+            raise ValueError(f"{where}: unknown option(s) {unknown}; it takes {sorted(allowed)}{hint}.")
         if cls.fixed_card is not None:
             card_name = cls.fixed_card
         elif cls.domain_family is not None:
