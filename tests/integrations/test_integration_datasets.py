@@ -119,6 +119,33 @@ def test_two_processes_each_load_the_model_once(corpus, tmp_path, monkeypatch):
     assert str(os.getpid()) not in loads  # none in this one: the model is not shipped from here
 
 
+def test_with_several_gpus_each_process_takes_its_own(corpus, tmp_path, monkeypatch):
+    """num_proc=2 on a (pretended) two-GPU machine: datasets' rank reaches the adapter, and
+    process r scores on cuda:r. The engine itself runs on the CPU here (there is no GPU):
+    the test records the device each process asked for."""
+    from torchmos.adapters import datasets as adapter
+
+    log = tmp_path / "devices.log"
+    real = adapter._engine
+
+    def recorded(model, device, *rest):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {device}\n")
+        return real(model, "cpu", *rest)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(adapter, "_engine", recorded)  # forked workers inherit both patches
+    paths = corpus["good"] * 2
+    out = add_mos(datasets.Dataset.from_dict({"audio": paths}), batch_size=1, num_proc=2)
+    assert np.allclose(out["distillmos"], corpus["ref"] * 2, atol=TOL, rtol=0)
+    by_pid: dict[str, set[str]] = {}
+    for pid, device in (line.split() for line in log.read_text().splitlines()):
+        by_pid.setdefault(pid, set()).add(device)
+    assert sorted(d for devices in by_pid.values() for d in devices) == ["cuda:0", "cuda:1"], by_pid
+    assert all(len(devices) == 1 for devices in by_pid.values()), by_pid  # one device per process
+
+
 def test_a_second_model_keeps_the_first_ones_errors_and_dataset_dicts(corpus):
     ds = datasets.DatasetDict({
         "train": datasets.Dataset.from_dict({"audio": corpus["good"][:2] + corpus["bad"][:1]}),
