@@ -15,7 +15,9 @@ worktree: the repository is not touched) and each test found there runs in its o
 ``torchmos`` is the one imported. Nothing is added to an old tree: a test that prints no
 figure at a commit is recorded by its outcome (passed/failed) alone, and says so. With
 ``--tests-from REV`` the extracted tree's ``tests/`` is REV's instead: the same tests, with
-the same seeds, against each commit's code (8e48e15's SCOREQ test printed no figure).
+the same seeds, against each commit's code (8e48e15's SCOREQ test printed no figure); in
+an older tree each test then runs in a module of its own (:func:`standalone`), as REV's
+test files import modules that older trees lack.
 
 The MSR-UTMOS learning tests are not marked slow (they run in the default lane), so the
 tests run with ``-m "slow or not slow"``: named by node id, each runs whatever its mark.
@@ -119,6 +121,26 @@ def print_prefixes(source: str, function: str) -> list[str] | None:
     return prefixes
 
 
+def standalone(source: str, function: str) -> str:
+    """A test module of ``function`` alone, for an older tree that lacks modules the whole
+    test file imports: the file's imports and other top-level statements (helpers,
+    fixtures), each kept only if it runs there, then the test function itself, unchanged."""
+    lines = source.splitlines()
+    out = ["from __future__ import annotations", ""]
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            continue
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # the module's docstring
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+        text = lines[first - 1:node.end_lineno]
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            out += [*text, ""]
+        elif not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+            out += ["try:", *("    " + ln for ln in text), "except Exception:  # not in this tree", "    pass", ""]
+    return "\n".join(out) + "\n"
+
+
 def is_slow(source: str, function: str) -> bool:
     """Whether ``function`` carries ``@pytest.mark.slow`` (directly) in ``source``."""
     for node in ast.walk(ast.parse(source)):
@@ -159,8 +181,10 @@ def junit_outcome(path: Path) -> tuple[str, float | None]:
     return "passed", seconds
 
 
-def run_test(key: str, spec: dict[str, object], tree: Path, work: Path, env: dict[str, str]) -> dict[str, object]:
-    """Run one learning test in the extracted ``tree``; its entry for the results."""
+def run_test(key: str, spec: dict[str, object], tree: Path, work: Path, env: dict[str, str],
+             alone: bool = False) -> dict[str, object]:
+    """Run one learning test in the extracted ``tree`` (``alone``: in a module of its own,
+    :func:`standalone`); its entry for the results."""
     file, function = str(spec["file"]), str(spec["function"])
     nodeid = f"{file}::{function}"
     entry: dict[str, object] = {"nodeid": nodeid}
@@ -170,6 +194,11 @@ def run_test(key: str, spec: dict[str, object], tree: Path, work: Path, env: dic
     if prefixes is None:
         entry.update(outcome="n/a", note="the test is not in this commit's tree", figures={}, printed=[])
         return entry
+    if alone:
+        module = src.with_name(f"_learning_{key}.py")
+        module.write_text(standalone(source, function))
+        nodeid = f"{module.relative_to(tree).as_posix()}::{function}"
+        entry["run_as"] = f"{nodeid} (the test function in a module of its own: this tree lacks modules {file} imports)"
     entry["slow_marked"] = is_slow(source, function)
     junit = work / f"junit-{key}.xml"
     cmd = [sys.executable, "-m", "pytest", "-m", "slow or not slow", "-s", "-n", "0", "-p", "no:cacheprovider",
@@ -221,7 +250,8 @@ def measure(ref: str, keys: list[str], tests_from: str | None = None) -> dict[st
         if pre.returncode or not Path(imported).resolve().is_relative_to((tree / "src").resolve()):
             raise SystemExit(f"{ref}: torchmos imported from {imported or pre.stderr.strip()!r}, not {tree / 'src'}")
         print(f"{ref} = {commit[:12]}: torchmos from the extracted tree ({imported})", flush=True)
-        tests = {key: run_test(key, TESTS[key], tree, work, env) for key in keys}
+        alone = tests_commit != commit
+        tests = {key: run_test(key, TESTS[key], tree, work, env, alone) for key in keys}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {
