@@ -17,7 +17,7 @@ whether the tree was clean):
   did not see: the clip delayed by half a hop (80 samples), and SCOREQ NR when its
   weights are present (an ensemble's second predictor; skipped and said so otherwise).
 
-    python benchmarks/bench_mos_loss.py                 # both parts (about 15 min on 2 cores)
+    python benchmarks/bench_mos_loss.py                 # both parts, as docs/training/mos-loss.md (minutes)
     python benchmarks/bench_mos_loss.py --parts memory --clips 2 --seconds 7
     python benchmarks/bench_mos_loss.py --parts adversarial --steps 30 --snr 0
 """
@@ -172,8 +172,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=7.0, help="memory: clip length")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--snr", type=float, default=0.0)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate on the samples (1e-3, as the docs)")
+    ap.add_argument("--snr", type=float, default=5.0, help="generated speech's pink-noise SNR in dB (5, as the docs)")
     ap.add_argument("--attack-seconds", type=float, default=3.0)
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--json", default=str(OUT))
