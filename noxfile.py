@@ -4,6 +4,7 @@
     nox -s slow           # the long training tests (also run by .ci/run)
     nox -s integrations   # real SpeechBrain / ESPnet / transformers / Lightning, newest (CPython 3.12)
     nox -s integrations_oldest  # the same tests on the lowest toolkit versions the extras allow
+    nox -s engines_oldest # the scoring engines' tests on the lowest Ray, datasets and Lhotse allowed
     nox -s deps_latest    # the newest versions pyproject.toml allows, unit lane
     nox -s deps_oldest    # the lowest versions pyproject.toml allows, unit lane
     nox -s lock           # re-resolve requirements/lock.txt (then run the lanes above)
@@ -37,7 +38,7 @@ LOCK_INTEGRATIONS = "requirements/lock-integrations.txt"
 # The toolkits whose lowest allowed releases integrations_oldest pins. The scoring engines
 # (ray, datasets, lhotse) are installed there at what pip resolves beside those: pinned at
 # their floors as well, pip backtracked into a pytorch-lightning that needs an unbuildable
-# pyyaml (their floors were each seen passing the adapters' tests, not resolved together).
+# pyyaml. Their floors are tested by engines_oldest instead.
 INTEGRATION_EXTRAS = ["speechbrain", "espnet", "lightning"]
 # The packages whose newest (and oldest) allowed release the deps lanes install.
 TRACKED = ["torch", "torchaudio", "torchmetrics", "transformers"]
@@ -77,6 +78,33 @@ def integrations_oldest(session: nox.Session) -> None:
     session.install("-c", str(constraints), "-e", ".[test,integrations]", env=_no_local_wheels(tmp))
     _report(session, "integrations_oldest", ["torch", "torchaudio", *_names(pins)])
     _integration_tests(session)
+
+
+# The scoring engines' lowest releases get a lane of their own (engines_oldest): beside the
+# toolkits' floors pip cannot resolve them (see INTEGRATION_EXTRAS).
+ENGINE_EXTRAS = ["ray", "datasets", "lhotse"]
+ENGINE_TESTS = ["tests/integrations/test_integration_datasets.py", "tests/integrations/test_integration_lhotse.py",
+                "tests/integrations/test_integration_docs.py::test_page_snippets_run[datasets]",
+                "tests/integrations/test_integration_docs.py::test_page_snippets_run[lhotse]"]
+
+
+@nox.session(python="3.11")
+def engines_oldest(session: nox.Session) -> None:
+    """The scoring engines' tests (Ray Data, datasets, Lhotse) on the lowest releases their
+    extras allow, with the lock's torch and torchaudio."""
+    tmp = Path(session.create_tmp())
+    locked = [ln for ln in (ROOT / LOCK).read_text().splitlines() if ln.startswith(("torch==", "torchaudio=="))]
+    pins = lower_bounds(extras=ENGINE_EXTRAS)
+    constraints = tmp / "oldest-engines.txt"
+    constraints.write_text("\n".join(pins + locked) + "\n")
+    session.log("lower bounds: " + ", ".join(pins))
+    session.install("-c", str(constraints), "-e", ".[test,ray,datasets,lhotse]", env=_no_local_wheels(tmp))
+    _report(session, "engines_oldest", ["torch", "torchaudio", *_names(pins)])
+    if session.posargs:
+        session.run("python", "-m", "pytest", *session.posargs)
+        return
+    session.run("python", "-m", "pytest", "-ra", *ENGINE_TESTS)
+    session.run("python", "-m", "pytest", "-n", "0", "-ra", *RAY_TESTS, env={"RAY_TMPDIR": "/tmp"})
 
 
 RAY_TESTS = ["tests/integrations/test_integration_ray.py", "tests/integrations/test_integration_docs.py::test_page_snippets_run[ray]"]
