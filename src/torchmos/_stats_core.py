@@ -237,12 +237,14 @@ def holm(pvalues: list[float] | np.ndarray) -> list[float]:
 # ----------------------------------------------------------------------------- correlation
 
 
+def _vector(v: Sequence[float] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    v = v.detach().cpu() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=np.float64)
+    return torch.as_tensor(v, dtype=torch.float64).flatten()
+
+
 def _pair(a: Sequence[float] | np.ndarray | torch.Tensor,
           b: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.as_tensor(np.asarray(a, dtype=np.float64) if not isinstance(a, torch.Tensor) else a,
-                        dtype=torch.float64).detach().cpu().flatten()
-    y = torch.as_tensor(np.asarray(b, dtype=np.float64) if not isinstance(b, torch.Tensor) else b,
-                        dtype=torch.float64).detach().cpu().flatten()
+    x, y = _vector(a), _vector(b)
     if x.shape != y.shape:
         raise ValueError(f"a correlation needs two sequences of one length, got {len(x)} and {len(y)}.")
     return x, y

@@ -36,6 +36,8 @@ MODULES = [
     "torchmos.models._deps",
     "torchmos.training",
     "torchmos.training.scoreq_model",
+    "torchmos.training.scoreq_head",
+    "torchmos.training.trainer",
     "torchmos.models",
     "torchmos.models.strict",
     "torchmos.models.distillmos",

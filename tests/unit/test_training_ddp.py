@@ -1,5 +1,5 @@
-"""Every training recipe (distill included) on two CPU processes (Lightning's ``ddp`` strategy over gloo),
-through the real command line, and resumed from its checkpoint.
+"""Every training recipe (distill included) on two CPU processes (Lightning's ``ddp``
+strategy over gloo), through the real command line, and resumed from its checkpoint.
 
 Each run is ``python -m torchmos.cli train RECIPE --devices 2 --strategy ddp`` in a
 subprocess (Lightning starts the second process by running the command again). For every
@@ -101,7 +101,8 @@ def test_two_processes_train_and_resume_from_the_checkpoint(recipe: str, data: d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), recipe
     assert any(not torch.equal(half["state_dict"][k], b[k]) for k in b)  # the resumed run did move on
     assert steps_logged(tmp_path / "resumed") == steps_logged(tmp_path / "straight")
-    outputs = {"vqscore": "vqscore.pt", "distill": "student.pt", "sfi-distill": "student.pt", "msr-utmos": "model.pt", "scoreq": "nr.pt"}
+    outputs = {"vqscore": "vqscore.pt", "distill": "student.pt", "sfi-distill": "student.pt", "msr-utmos": "model.pt",
+               "scoreq": "nr.pt"}
     assert (tmp_path / "resumed" / outputs[recipe]).is_file()
 
 

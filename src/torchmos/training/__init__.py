@@ -23,9 +23,11 @@ class TrainError(ValueError):
     """A problem with the run's options, data or state; the message says what to do."""
 
 
-# torchmos' short names of the Trainer's precisions (the Trainer's own names work too)
+# torchmos' short names of the Trainer's precisions (fp32, bf16, fp16) and Lightning's
+# names of the same mixed precisions, each as Lightning's canonical name
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
-_LIGHTNING_PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16")
+_NAMES = {**PRECISIONS, "32-true": "32-true", "32": "32-true", "16-mixed": "16-mixed", "16": "16-mixed",
+          "bf16-mixed": "bf16-mixed"}
 
 
 def precision(text: str) -> str:
@@ -36,18 +38,16 @@ def precision(text: str) -> str:
     SCOREQ's encoder) is lost to rounding, and the recipes' fp32 parts (spectra, codebooks,
     losses) would meet half-precision weights.
 
-    >>> precision("bf16"), precision("32-true")
-    ('bf16-mixed', '32-true')
+    >>> precision("bf16"), precision("32-true"), precision("16")
+    ('bf16-mixed', '32-true', '16-mixed')
     """
-    if text in PRECISIONS:
-        return PRECISIONS[text]
-    if text in _LIGHTNING_PRECISIONS:
-        return {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(text, text)
+    if text in _NAMES:
+        return _NAMES[text]
     hint = " (weights in half precision lose Adam's small updates; use bf16, i.e. bf16-mixed)" \
         if text.endswith("-true") else ""
     raise argparse.ArgumentTypeError(
         f"--precision {text!r}: use one of {', '.join(PRECISIONS)} or a Lightning mixed precision "
-        f"({', '.join(_LIGHTNING_PRECISIONS)}){hint}")
+        f"({', '.join(n for n in _NAMES if n not in PRECISIONS)}){hint}")
 
 
 def _devices(text: str) -> int | str:

@@ -20,6 +20,7 @@ trains as a run on one does. Validation is split between the processes and gathe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import inspect
 import json
@@ -27,7 +28,7 @@ import math
 import shutil
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import TrainError, check_resumable, plain_args
 from .data import StepSampler, rank_part, seed_of
 
-__all__ = ["CHECKPOINT", "RecipeModule", "Run", "StepData", "save_final", "validation_loader"]
+__all__ = ["CHECKPOINT", "RecipeModule", "Run", "StepData", "quiet_warnings", "save_final", "trainer_device", "validation_loader"]
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -80,8 +81,12 @@ def _loggers(out: Path, keep_until: int | None) -> list[Logger]:
     return loggers
 
 
-def _accelerator(device: str, devices: int | str) -> tuple[str, Any]:
-    """``--device`` and ``--devices`` as the Trainer's accelerator and devices."""
+def trainer_device(device: str, devices: int | str) -> tuple[str, Any]:
+    """``--device`` and ``--devices`` as the Trainer's accelerator and devices.
+
+    >>> trainer_device("cuda:1", 1), trainer_device("cpu", 2)
+    (('gpu', [1]), ('cpu', 2))
+    """
     if device == "auto":  # as before Lightning: cuda if available, else cpu (never mps unasked)
         return ("gpu" if torch.cuda.is_available() else "cpu"), devices
     kind, _, index = device.partition(":")
@@ -148,7 +153,7 @@ class Run:
         """A Trainer for this run: the options of the command line, Lightning's loggers, a
         ``ModelCheckpoint`` that keeps ``checkpoints/last.ckpt``."""
         a = self.args
-        accelerator, devices = _accelerator(a.device, a.devices)
+        accelerator, devices = trainer_device(a.device, a.devices)
         every = ({"every_n_train_steps": save_every_steps} if save_every_steps else
                  {"every_n_epochs": save_every_epochs} if save_every_epochs else {"every_n_epochs": 0})  # 0: at the end
         checkpoint = ModelCheckpoint(dirpath=str(self.last.parent), save_last=True, save_top_k=0,
@@ -164,16 +169,29 @@ class Run:
 
     def fit(self, trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule) -> None:
         """``trainer.fit`` from the checkpoint being resumed (if any)."""
-        with warnings.catch_warnings():
-            # the folder holds args.json (and a resumed run's rows, kept by _RunCSVLogger)
-            warnings.filterwarnings("ignore", message="Experiment logs directory")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated")  # Lightning on newer torch
-            warnings.filterwarnings("ignore", message="The number of training batches")  # epochs: validation periods
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen parts
-            warnings.filterwarnings("ignore", message="It is recommended to use `self.log")  # values gathered
+        with quiet_warnings():
             module.train()  # Lightning keeps the modes it finds; recipes set their frozen parts' own
             safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
             trainer.fit(module, datamodule=data, ckpt_path=str(self.ckpt_path) if self.ckpt_path else None, **safe)
+
+
+@contextlib.contextmanager
+def quiet_warnings(*more: str) -> Iterator[None]:
+    """Lightning's warnings that say nothing to a recipe's user (and ``more`` messages).
+
+    >>> with quiet_warnings("a message of mine"):
+    ...     warnings.warn("a message of mine, and more")  # not shown
+    """
+    with warnings.catch_warnings():
+        # the folder holds args.json (and a resumed run's rows, kept by _RunCSVLogger)
+        warnings.filterwarnings("ignore", message="Experiment logs directory")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated")  # Lightning on newer torch
+        warnings.filterwarnings("ignore", message="The number of training batches")  # epochs: validation periods
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # frozen parts
+        warnings.filterwarnings("ignore", message="It is recommended to use `self.log")  # values gathered
+        for message in more:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 class _SaveAtEnd(Callback):

@@ -67,7 +67,7 @@ class Plan:
     """
 
     def __init__(self, n_files: int, batch: int, seed: int, gain_min: float, gain_max: float) -> None:
-        self.n, self.batch, self.seed = n_files, batch, seed
+        self.batch, self.seed = batch, seed
         self.gain_min, self.gain_max = gain_min, gain_max
         self._files = EpochPlan(n_files, seed, stream=1)
 
